@@ -1,0 +1,216 @@
+"""Settings: one TOML file plus ``LABELLOOP_<SECTION>__<KEY>`` overrides, into frozen dataclasses.
+
+Precedence, lowest first: the built-in defaults (identical to ``settings.toml``), the file
+(``--config PATH``, else ``LABELLOOP_CONFIG``, else ``./settings.toml`` when present), then the
+environment. Every problem is reported as a ``SettingsError`` that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "LABELLOOP_"
+ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
+MODES = ("head", "finetune")
+_INTERVAL = re.compile(r"^(\d+)\s*([smhd])$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class SettingsError(ValueError):
+    """A setting is missing, of the wrong type, or out of range; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 9090
+    api_token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:///./data/labelloop.db"
+
+
+@dataclass(frozen=True)
+class LabelStudioSettings:
+    url: str = "http://localhost:8080"
+    api_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    url: str = "http://localhost:9090/webhook"
+    secret: str = field(default="", repr=False)
+    max_body_bytes: int = 5 * 2**20
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    threshold: int = 50
+    schedule: str = ""
+    mode: str = "head"
+    architecture: str = "resnet18"
+    weights: str = "imagenet"
+    device: str = "auto"
+    image_size: int = 224
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    label_studio: LabelStudioSettings = LabelStudioSettings()
+    webhook: WebhookSettings = WebhookSettings()
+    training: TrainingSettings = TrainingSettings()
+    # Per-project overrides of [training], keyed by Label Studio project id.
+    projects: Mapping[int, TrainingSettings] = field(default_factory=dict)
+
+    def training_for(self, project_id: int) -> TrainingSettings:
+        return self.projects.get(project_id, self.training)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerSettings,
+    "database": DatabaseSettings,
+    "label_studio": LabelStudioSettings,
+    "webhook": WebhookSettings,
+    "training": TrainingSettings,
+}
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the file and the environment; raise SettingsError naming the first bad key."""
+    environ = os.environ if environ is None else environ
+    raw = _read_file(path, environ)
+    _apply_env(raw, environ)
+    return _build(raw)
+
+
+def parse_schedule(value: str) -> tuple[str, int | str] | None:
+    """``"30m"`` -> ("interval", 1800); ``"0 3 * * *"`` -> ("cron", expr); ``""`` -> None."""
+    value = value.strip()
+    if not value:
+        return None
+    if match := _INTERVAL.match(value):
+        seconds = int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+        if seconds <= 0:
+            raise ValueError("interval must be positive")
+        return ("interval", seconds)
+    if len(value.split()) == 5:
+        return ("cron", value)
+    raise ValueError('expected an interval like "30m"/"2h" or a 5-field cron expression')
+
+
+def _read_file(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> dict[str, Any]:
+    chosen = path or environ.get(ENV_PREFIX + "CONFIG")
+    candidate = Path(chosen) if chosen else Path("settings.toml")
+    if not candidate.exists():
+        if chosen:
+            raise SettingsError(f"config file not found: {candidate}")
+        return {}
+    try:
+        with candidate.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{candidate}: invalid TOML: {exc}") from None
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(parts) < 2 or not all(parts):
+            continue
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SettingsError(f"{name}: {'.'.join(parts[:-1])} is not a section")
+        # Environment values are strings; _coerce turns them into the declared type.
+        node[parts[-1]] = value
+
+
+def _build(raw: dict[str, Any]) -> Settings:
+    sections: dict[str, Any] = {}
+    for key in raw:
+        if key not in _SECTIONS and key != "projects":
+            raise SettingsError(f"unknown section [{key}]")
+    for name, cls in _SECTIONS.items():
+        sections[name] = _section(name, cls, raw.get(name, {}), cls())
+    training: TrainingSettings = sections["training"]
+    projects: dict[int, TrainingSettings] = {}
+    for key, table in (raw.get("projects") or {}).items():
+        if not str(key).isdigit():
+            raise SettingsError(f"projects.{key}: project ids are integers")
+        projects[int(key)] = _section(f"projects.{key}", TrainingSettings, table, training)
+    for pid, project_training in [(None, training), *projects.items()]:
+        _validate_training("training" if pid is None else f"projects.{pid}", project_training)
+    if not 0 < sections["server"].port < 65536:
+        raise SettingsError("server.port: must be between 1 and 65535")
+    if not sections["database"].url:
+        raise SettingsError("database.url: must not be empty")
+    return Settings(**sections, projects=projects)
+
+
+def _section(name: str, cls: type[Any], table: Any, base: Any) -> Any:
+    if not isinstance(table, dict):
+        raise SettingsError(f"{name}: expected a table")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise SettingsError(f"{name}.{key}: unknown key")
+        values[key] = _coerce(f"{name}.{key}", value, type(getattr(base, key)))
+    return dataclasses.replace(base, **values)
+
+
+def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
+    if kind is int:
+        if isinstance(value, bool):
+            raise SettingsError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        raise SettingsError(f"{key}: expected an integer, got {_describe(value)}")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise SettingsError(f"{key}: expected a string, got {_describe(value)}")
+    raise SettingsError(f"{key}: unsupported type")  # pragma: no cover - all fields are int/str
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__}"
+
+
+def _validate_training(name: str, training: TrainingSettings) -> None:
+    if training.threshold < 1:
+        raise SettingsError(f"{name}.threshold: must be at least 1")
+    if training.mode not in MODES:
+        raise SettingsError(f"{name}.mode: expected one of {', '.join(MODES)}")
+    if training.mode == "finetune":
+        raise SettingsError(f'{name}.mode: "finetune" is not available yet; use "head"')
+    if training.architecture not in ARCHITECTURES:
+        raise SettingsError(f"{name}.architecture: expected one of {', '.join(ARCHITECTURES)}")
+    if not training.weights:
+        raise SettingsError(f'{name}.weights: "imagenet", "none" or a path to a state dict')
+    if not _DEVICE.match(training.device):
+        raise SettingsError(f"{name}.device: expected auto, cpu, cuda or cuda:N")
+    if not 32 <= training.image_size <= 1024:
+        raise SettingsError(f"{name}.image_size: must be between 32 and 1024")
+    try:
+        parse_schedule(training.schedule)
+    except ValueError as exc:
+        raise SettingsError(f"{name}.schedule: {exc}") from None

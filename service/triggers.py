@@ -1,0 +1,57 @@
+"""When to train: the threshold, the schedule, and manual requests, all turned into job rows.
+
+Counting: a job snapshots ``projects.changes`` when it starts; changes after the newest
+snapshot count toward the next threshold. Everything enqueues through ``storage.jobs.enqueue``,
+which joins an already queued job, so triggers during a run coalesce into one follow-up.
+"""
+
+import logging
+from collections.abc import Iterable
+
+from sqlalchemy.engine import Connection
+
+from service.settings import Settings
+from storage import jobs, labels
+
+logger = logging.getLogger(__name__)
+
+
+def check_threshold(conn: Connection, settings: Settings, project_ids: Iterable[int]) -> list[int]:
+    """Queue a training for each project whose unseen changes reached its threshold."""
+    queued = []
+    for project_id in sorted(project_ids):
+        project = labels.get_project(conn, project_id)
+        if project is None or project.unsupported_reason:
+            continue
+        threshold = settings.training_for(project_id).threshold
+        changes = jobs.changes_since_last_job(conn, project_id)
+        if changes >= threshold:
+            job_id, created = jobs.enqueue(conn, project_id, "threshold")
+            if created:
+                logger.info(
+                    "project %d: %d changes >= threshold %d, queued job %d",
+                    project_id,
+                    changes,
+                    threshold,
+                    job_id,
+                )
+                queued.append(job_id)
+    return queued
+
+
+def run_schedule(conn: Connection, settings: Settings, schedule: str) -> list[int]:
+    """A schedule fired: queue a training for its projects that changed since their last job."""
+    queued = []
+    for project in labels.list_projects(conn):
+        if project.unsupported_reason or settings.training_for(project.id).schedule != schedule:
+            continue
+        if jobs.changes_since_last_job(conn, project.id) > 0:
+            job_id, created = jobs.enqueue(conn, project.id, "schedule")
+            if created:
+                queued.append(job_id)
+    return queued
+
+
+def request_training(conn: Connection, project_id: int, reason: str) -> tuple[int, bool]:
+    """A person asked (curl, CLI, "Start training"): always queue, or join the queued job."""
+    return jobs.enqueue(conn, project_id, reason)

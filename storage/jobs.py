@@ -1,0 +1,159 @@
+"""Training jobs as rows: queued -> running -> succeeded | failed | skipped.
+
+Partial unique indexes keep at most one queued and one running job per project, so triggers
+that arrive while a job waits coalesce into it, and triggers during a run queue exactly one
+follow-up. Claiming is atomic: ``FOR UPDATE SKIP LOCKED`` on Postgres, ``BEGIN IMMEDIATE`` on
+SQLite.
+"""
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from storage.db import for_update, utcnow
+from storage.tables import jobs, projects
+
+REASONS = ("threshold", "schedule", "manual")
+FINISHED = ("succeeded", "failed", "skipped")
+
+
+def enqueue(conn: Connection, project_id: int, reason: str) -> tuple[int, bool]:
+    """Queue a training job, or join the one already queued. Returns (job id, created)."""
+    if reason not in REASONS:
+        raise ValueError(f"unknown reason {reason!r}")
+    existing = _queued(conn, project_id)
+    if existing is not None:
+        return existing, False
+    # A nested transaction, so losing the race to another process rolls back only this insert.
+    try:
+        with conn.begin_nested():
+            result = conn.execute(
+                jobs.insert().values(
+                    project_id=project_id, reason=reason, status="queued", created_at=utcnow()
+                )
+            )
+    except sa.exc.IntegrityError:
+        existing = _queued(conn, project_id)
+        if existing is None:
+            raise
+        return existing, False
+    (job_id,) = result.inserted_primary_key or (None,)
+    assert job_id is not None
+    return int(job_id), True
+
+
+def claim(conn: Connection) -> Row[Any] | None:
+    """Take the oldest queued job of a project with nothing running; mark it running."""
+    running = sa.select(jobs.c.project_id).where(jobs.c.status == "running")
+    stmt = (
+        sa.select(jobs.c.id)
+        .where(jobs.c.status == "queued", jobs.c.project_id.not_in(running))
+        .order_by(jobs.c.id)
+        .limit(1)
+    )
+    job_id = conn.execute(for_update(conn, stmt, skip_locked=True)).scalar()
+    if job_id is None:
+        return None
+    now = utcnow()
+    changes = sa.select(projects.c.changes).where(projects.c.id == jobs.c.project_id)
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.status == "queued")
+                .values(
+                    status="running",
+                    started_at=now,
+                    heartbeat_at=now,
+                    attempts=jobs.c.attempts + 1,
+                    change_mark=sa.func.coalesce(changes.scalar_subquery(), 0),
+                    error=None,
+                )
+            )
+    except sa.exc.IntegrityError:
+        return None  # another process started a job of this project first
+    return get(conn, job_id)
+
+
+def get(conn: Connection, job_id: int) -> Row[Any] | None:
+    return conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+
+
+def heartbeat(conn: Connection, job_id: int, progress: Mapping[str, Any] | None = None) -> None:
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress is not None:
+        values["progress"] = dict(progress)
+    conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+
+
+def finish(
+    conn: Connection,
+    job_id: int,
+    status: str,
+    *,
+    error: str | None = None,
+    model_version: str | None = None,
+) -> None:
+    if status not in FINISHED:
+        raise ValueError(f"not a final status: {status!r}")
+    conn.execute(
+        jobs.update()
+        .where(jobs.c.id == job_id)
+        .values(status=status, finished_at=utcnow(), error=error, model_version=model_version)
+    )
+
+
+def recover_stale(
+    conn: Connection, *, timeout: timedelta, max_attempts: int = 3, now: datetime | None = None
+) -> list[int]:
+    """Jobs whose worker stopped heart-beating: requeue them, or fail them after max_attempts."""
+    cutoff = (now or utcnow()) - timeout
+    stmt = sa.select(jobs).where(jobs.c.status == "running", jobs.c.heartbeat_at < cutoff)
+    recovered = []
+    for job in conn.execute(for_update(conn, stmt, skip_locked=True)).all():
+        if job.attempts >= max_attempts or _queued(conn, job.project_id) is not None:
+            why = "worker stopped responding" + (
+                f" after {job.attempts} attempts" if job.attempts >= max_attempts else ""
+            )
+            finish(conn, job.id, "failed", error=why)
+        else:
+            conn.execute(
+                jobs.update().where(jobs.c.id == job.id).values(status="queued", heartbeat_at=None)
+            )
+        recovered.append(job.id)
+    return recovered
+
+
+def changes_since_last_job(conn: Connection, project_id: int) -> int:
+    """Annotation changes not yet seen by any started job (what the threshold counts)."""
+    mark = sa.select(sa.func.max(jobs.c.change_mark)).where(jobs.c.project_id == project_id)
+    stmt = sa.select(projects.c.changes - sa.func.coalesce(mark.scalar_subquery(), 0)).where(
+        projects.c.id == project_id
+    )
+    return int(conn.execute(stmt).scalar() or 0)
+
+
+def has_pending(conn: Connection, project_id: int) -> bool:
+    stmt = sa.select(sa.func.count()).where(
+        jobs.c.project_id == project_id, jobs.c.status.in_(("queued", "running"))
+    )
+    return bool(conn.execute(stmt).scalar_one())
+
+
+def recent(conn: Connection, project_id: int, limit: int = 20) -> Sequence[Row[Any]]:
+    stmt = (
+        sa.select(jobs)
+        .where(jobs.c.project_id == project_id)
+        .order_by(jobs.c.id.desc())
+        .limit(limit)
+    )
+    return conn.execute(stmt).all()
+
+
+def _queued(conn: Connection, project_id: int) -> int | None:
+    stmt = sa.select(jobs.c.id).where(jobs.c.project_id == project_id, jobs.c.status == "queued")
+    job_id = conn.execute(stmt).scalar()
+    return None if job_id is None else int(job_id)

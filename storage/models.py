@@ -1,0 +1,68 @@
+"""Model versions of each project: the trained head, its metrics, and which one is active."""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from storage.db import utcnow
+from storage.tables import model_versions
+
+VERSION_PREFIX = "labelloop-v"
+
+
+def next_version(conn: Connection, project_id: int) -> str:
+    stmt = sa.select(sa.func.count()).where(model_versions.c.project_id == project_id)
+    return f"{VERSION_PREFIX}{int(conn.execute(stmt).scalar_one()) + 1}"
+
+
+def add(conn: Connection, project_id: int, version: str, values: Mapping[str, Any]) -> None:
+    """Store a version (inactive); ``activate`` makes it the one predictions come from."""
+    conn.execute(
+        model_versions.insert().values(
+            project_id=project_id, version=version, created_at=utcnow(), active=False, **values
+        )
+    )
+
+
+def activate(conn: Connection, project_id: int, version: str) -> bool:
+    """Make ``version`` the only active version of the project, in one transaction."""
+    exists = conn.execute(
+        sa.select(model_versions.c.id).where(
+            model_versions.c.project_id == project_id, model_versions.c.version == version
+        )
+    ).first()
+    if exists is None:
+        return False
+    conn.execute(
+        model_versions.update()
+        .where(model_versions.c.project_id == project_id)
+        .values(active=model_versions.c.version == version)
+    )
+    return True
+
+
+def active(conn: Connection, project_id: int) -> Row[Any] | None:
+    stmt = sa.select(model_versions).where(
+        model_versions.c.project_id == project_id, model_versions.c.active.is_(True)
+    )
+    return conn.execute(stmt).first()
+
+
+def get(conn: Connection, project_id: int, version: str) -> Row[Any] | None:
+    stmt = sa.select(model_versions).where(
+        model_versions.c.project_id == project_id, model_versions.c.version == version
+    )
+    return conn.execute(stmt).first()
+
+
+def listing(conn: Connection, project_id: int) -> Sequence[Row[Any]]:
+    """Every version of a project without its weights, newest first."""
+    columns = [c for c in model_versions.c if c.name != "head"]
+    stmt = (
+        sa.select(*columns)
+        .where(model_versions.c.project_id == project_id)
+        .order_by(model_versions.c.id.desc())
+    )
+    return conn.execute(stmt).all()

@@ -1,0 +1,150 @@
+"""Every table of labelloop, in one SQLAlchemy Core MetaData (Alembic's target).
+
+The event log (``events``) is the source of truth; ``projects``, ``tasks`` and ``annotations``
+are folded from it. ``jobs``, ``embeddings`` and ``model_versions`` hold the work and its results.
+Times are timezone-aware UTC.
+"""
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+UTC_TIME = sa.DateTime(timezone=True)
+
+# Every accepted webhook body, verbatim, in arrival order. ``folded`` flips once the body has
+# been applied to the label state, in the same transaction, so each event is folded once.
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("received_at", UTC_TIME, nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),  # webhook | catch-up
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("project_id", sa.Integer, nullable=True),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("folded", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index(
+        "ix_events_unfolded",
+        "id",
+        sqlite_where=sa.text("folded = 0"),
+        postgresql_where=sa.text("NOT folded"),
+    ),
+    sa.Index("ix_events_project_id", "project_id"),
+)
+
+# One row per Label Studio project labelloop has heard of, with its parsed label config.
+# ``changes`` counts every annotation change that altered training data; jobs snapshot it.
+projects = sa.Table(
+    "projects",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("title", sa.String(512), nullable=False, server_default=""),
+    sa.Column("label_config", sa.Text, nullable=False, server_default=""),
+    sa.Column("image_key", sa.String(255)),
+    sa.Column("from_name", sa.String(255)),
+    sa.Column("to_name", sa.String(255)),
+    sa.Column("choices", sa.JSON),
+    sa.Column("unsupported_reason", sa.Text),
+    sa.Column("changes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_at", UTC_TIME, nullable=False),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("project_id", sa.Integer, nullable=False, index=True),
+    sa.Column("data", sa.JSON, nullable=False),
+    # sha256 of the image bytes last fetched for this task: the embedding cache key's first half.
+    sa.Column("image_hash", sa.String(64)),
+    sa.Column("image_error", sa.Text),
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+# Current annotations. Deleted ones stay as tombstones so a late, out-of-order create cannot
+# resurrect them; ``label`` is NULL for skipped (was_cancelled) or unreadable annotations.
+annotations = sa.Table(
+    "annotations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("task_id", sa.Integer, nullable=False, index=True),
+    sa.Column("project_id", sa.Integer, nullable=False, index=True),
+    sa.Column("label", sa.String(255)),
+    sa.Column("was_cancelled", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("updated_at", sa.String(64), nullable=False),  # Label Studio's ISO timestamp
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False, server_default="train"),
+    sa.Column("reason", sa.String(16), nullable=False),  # threshold | schedule | manual
+    sa.Column("status", sa.String(16), nullable=False),  # queued|running|succeeded|failed|skipped
+    sa.Column("created_at", UTC_TIME, nullable=False),
+    sa.Column("started_at", UTC_TIME),
+    sa.Column("heartbeat_at", UTC_TIME),
+    sa.Column("finished_at", UTC_TIME),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    # projects.changes when the job started: later changes count toward the next trigger.
+    sa.Column("change_mark", sa.Integer),
+    sa.Column("progress", sa.JSON),
+    sa.Column("model_version", sa.String(64)),
+    sa.Column("error", sa.Text),
+    sa.Index("ix_jobs_project_id_id", "project_id", "id"),
+    # At most one queued and one running job per project, whichever process asks.
+    sa.Index(
+        "uq_jobs_one_queued",
+        "project_id",
+        unique=True,
+        sqlite_where=sa.text("status = 'queued'"),
+        postgresql_where=sa.text("status = 'queued'"),
+    ),
+    sa.Index(
+        "uq_jobs_one_running",
+        "project_id",
+        unique=True,
+        sqlite_where=sa.text("status = 'running'"),
+        postgresql_where=sa.text("status = 'running'"),
+    ),
+)
+
+# Backbone embeddings keyed by image content and by the exact embedding function, shared by
+# every process: relabeling costs no forward pass, and neither does predicting a known image.
+embeddings = sa.Table(
+    "embeddings",
+    metadata,
+    sa.Column("image_hash", sa.String(64), primary_key=True),
+    sa.Column("backbone", sa.String(255), primary_key=True),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("vector", sa.LargeBinary, nullable=False),  # float32, little-endian
+    sa.Column("created_at", UTC_TIME, nullable=False),
+)
+
+model_versions = sa.Table(
+    "model_versions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("job_id", sa.Integer),
+    sa.Column("backbone", sa.String(255), nullable=False),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("trained_on", sa.Integer, nullable=False),
+    sa.Column("metrics", sa.JSON),
+    sa.Column("head", sa.LargeBinary, nullable=False),
+    sa.Column("settings", sa.JSON, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", UTC_TIME, nullable=False),
+    sa.UniqueConstraint("project_id", "version", name="uq_model_versions_project_version"),
+)
