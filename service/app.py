@@ -1,0 +1,71 @@
+"""create_app(settings): the routes, and a lifespan that owns every resource.
+
+The lifespan opens the database engine and the Label Studio client, starts the folder (events ->
+labels), the scheduler and, unless disabled, the in-process worker; it stops them in reverse.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from service import control
+from service.context import open_services
+from service.folder import run_folder
+from service.schedules import start_scheduler
+from service.settings import Settings
+from service.webhooks import webhook
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    run_worker: bool = True,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Starlette:
+    """``transport`` replaces the network under the Label Studio client (tests)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        _warn_if_open(settings)
+        async with open_services(settings, transport=transport) as services:
+            app.state.services = services
+            tasks = [asyncio.create_task(run_folder(services), name="folder")]
+            if run_worker:
+                from service.worker import Worker  # torch loads here, never on the ingest path
+
+                app.state.worker = Worker(services)
+                tasks.append(asyncio.create_task(app.state.worker.run(), name="worker"))
+            scheduler = start_scheduler(services)
+            try:
+                yield
+            finally:
+                scheduler.shutdown(wait=False)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    routes = [
+        Route("/webhook", webhook, methods=["POST"]),
+        Route("/health", control.health, methods=["GET"]),
+        Route("/projects", control.list_projects, methods=["GET"]),
+        Route("/projects/{project_id:int}", control.get_project, methods=["GET"]),
+        Route("/projects/{project_id:int}/train", control.train, methods=["POST"]),
+        Route("/projects/{project_id:int}/models", control.list_models, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _warn_if_open(settings: Settings) -> None:
+    if not settings.server.api_token:
+        logger.warning(
+            "server.api_token is empty: the control API is open to anyone who can reach it"
+        )
+    if not settings.webhook.secret:
+        logger.warning("webhook.secret is empty: anyone who can reach /webhook can post events")

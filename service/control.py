@@ -1,0 +1,120 @@
+"""The control API: health, status, manual training, model versions. Bearer ``api_token``."""
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import sqlalchemy as sa
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from service import status, triggers
+from service.auth import bearer_allowed
+from service.context import Services
+from service.fold import project_row
+from service.labelstudio import LabelStudioError
+from storage import labels, models
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def protected(handler: Handler) -> Handler:
+    """Refuse the request with 401 unless it carries the API token (when one is set)."""
+
+    async def guarded(request: Request) -> Response:
+        services: Services = request.app.state.services
+        if not bearer_allowed(request, services.settings.server.api_token):
+            return JSONResponse(
+                {"error": "missing or wrong bearer token"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return await handler(request)
+
+    return guarded
+
+
+async def health(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    try:
+        await run_in_threadpool(_ping, services)
+    except sa.exc.DBAPIError as exc:
+        reason = f"database unavailable: {type(exc.orig).__name__}"
+        return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+@protected
+async def list_projects(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    return JSONResponse({"projects": await _read(services, status.projects_overview)})
+
+
+@protected
+async def get_project(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    project_id = request.path_params["project_id"]
+    body = await _read(services, status.project_status, project_id)
+    if body is None:
+        return _not_found(project_id)
+    return JSONResponse(body)
+
+
+@protected
+async def train(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    project_id: int = request.path_params["project_id"]
+    known = await _read(services, labels.get_project, project_id)
+    if known is None:
+        # Never heard of through a webhook: ask Label Studio whether it exists.
+        try:
+            project = await services.label_studio.get_project(project_id)
+        except LabelStudioError as exc:
+            return JSONResponse(
+                {"error": f"project {project_id} unknown here and in Label Studio: {exc}"},
+                status_code=404,
+            )
+        await run_in_threadpool(_save_project, services, project_id, project)
+    job_id, created = await run_in_threadpool(_request_training, services, project_id)
+    services.jobs_queued.set()
+    return JSONResponse(
+        {"job_id": job_id, "status": "queued", "coalesced": not created}, status_code=202
+    )
+
+
+@protected
+async def list_models(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    project_id: int = request.path_params["project_id"]
+    rows = await _read(services, models.listing, project_id)
+    return JSONResponse({"models": [status.version_summary(row) for row in rows]})
+
+
+def _ping(services: Services) -> None:
+    with services.engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+
+
+async def _read(services: Services, fn: Callable[..., Any], *args: Any) -> Any:
+    def run() -> Any:
+        with services.engine.begin() as conn:
+            return fn(conn, *args)
+
+    return await run_in_threadpool(run)
+
+
+def _save_project(services: Services, project_id: int, project: dict[str, Any]) -> None:
+    with services.engine.begin() as conn:
+        labels.save_project(conn, project_id, project_row(project))
+
+
+def _request_training(services: Services, project_id: int) -> tuple[int, bool]:
+    with services.engine.begin() as conn:
+        return triggers.request_training(conn, project_id, "manual")
+
+
+def _not_found(project_id: int) -> JSONResponse:
+    return JSONResponse({"error": f"project {project_id} not found"}, status_code=404)

@@ -1,0 +1,79 @@
+"""What a project looks like right now, as JSON: the body of GET /projects/{id}."""
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from storage import events, jobs, labels, models
+
+
+def project_status(conn: Connection, project_id: int) -> dict[str, Any] | None:
+    project = labels.get_project(conn, project_id)
+    if project is None:
+        return None
+    active = models.active(conn, project_id)
+    return {
+        "id": project_id,
+        "title": project.title,
+        "supported": project.unsupported_reason is None,
+        "unsupported_reason": project.unsupported_reason,
+        "choices": project.choices,
+        "events": events.count(conn, project_id),
+        "annotations": labels.count_annotations(conn, project_id),
+        "labeled_tasks": len(labels.training_labels(conn, project_id)),
+        "changes_since_last_job": jobs.changes_since_last_job(conn, project_id),
+        "active_model": None if active is None else version_summary(active),
+        "jobs": [job_summary(job) for job in jobs.recent(conn, project_id)],
+        "image_failures": [
+            {"task": task_id, "error": error}
+            for task_id, error in labels.image_failures(conn, project_id)
+        ],
+    }
+
+
+def projects_overview(conn: Connection) -> list[dict[str, Any]]:
+    overview = []
+    for project in labels.list_projects(conn):
+        active = models.active(conn, project.id)
+        overview.append(
+            {
+                "id": project.id,
+                "title": project.title,
+                "supported": project.unsupported_reason is None,
+                "annotations": labels.count_annotations(conn, project.id),
+                "active_version": None if active is None else active.version,
+            }
+        )
+    return overview
+
+
+def version_summary(row: Any) -> dict[str, Any]:
+    return {
+        "version": row.version,
+        "trained_on": row.trained_on,
+        "metrics": row.metrics,
+        "created_at": _iso(row.created_at),
+        "active": bool(row.active),
+        "backbone": row.backbone,
+        "labels": row.labels,
+    }
+
+
+def job_summary(job: Any) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "reason": job.reason,
+        "status": job.status,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "attempts": job.attempts,
+        "progress": job.progress,
+        "model_version": job.model_version,
+        "error": job.error,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()

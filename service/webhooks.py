@@ -1,0 +1,78 @@
+"""POST /webhook: authenticate, validate, append to the event log, answer.
+
+Label Studio calls this synchronously inside an annotator's submit (1 s timeout, no retry), so
+the answer waits for one durable insert and nothing else: folding, triggers and training happen
+after it, elsewhere. This module must never import torch.
+"""
+
+import json
+import logging
+
+import sqlalchemy as sa
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+
+from service.auth import webhook_allowed
+from service.context import Services
+from service.fold import project_id_of
+from storage import events
+
+logger = logging.getLogger(__name__)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def webhook(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    settings = services.settings.webhook
+    if not webhook_allowed(request, settings.secret):
+        return _error(401, "missing or wrong X-Labelloop-Secret header")
+    try:
+        raw = await _read_body(request, settings.max_body_bytes)
+    except BodyTooLarge:
+        return _error(413, f"body larger than {settings.max_body_bytes} bytes")
+    except ClientDisconnect:
+        return _error(400, "client disconnected before the body arrived")
+    try:
+        text = raw.decode("utf-8")
+        payload = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return _error(400, "body is not JSON")
+    if not isinstance(payload, dict):
+        return _error(400, "body must be a JSON object")
+    action = payload.get("action")
+    if not isinstance(action, str) or not action:
+        return _error(400, "body has no 'action' string")
+    try:
+        event_id = await run_in_threadpool(_append, services, action, project_id_of(payload), text)
+    except sa.exc.DBAPIError as exc:
+        logger.error("webhook not stored, database unavailable: %s", type(exc.orig).__name__)
+        return _error(503, "database unavailable; event not stored")
+    services.events_arrived.set()
+    return JSONResponse({"ok": True, "event_id": event_id})
+
+
+def _append(services: Services, action: str, project_id: int | None, body: str) -> int:
+    with services.engine.begin() as conn:
+        return events.append(conn, action=action, project_id=project_id, body=body)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"ok": False, "error": message}, status_code=status)
