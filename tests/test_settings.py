@@ -1,0 +1,111 @@
+"""Settings: defaults, file, environment overrides, and errors that name the key."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from service.settings import Settings, SettingsError, load_settings, parse_schedule
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "settings.toml"
+    path.write_text(text)
+    return path
+
+
+def test_documented_file_equals_built_in_defaults() -> None:
+    assert load_settings(ROOT / "settings.toml", environ={}) == Settings()
+
+
+def test_every_setting_is_documented_in_settings_toml_and_readme() -> None:
+    documented = tomllib.loads((ROOT / "settings.toml").read_text())
+    readme = (ROOT / "README.md").read_text()
+    for section, table in documented.items():
+        for key in table:
+            assert f"{section}.{key}" in readme, f"{section}.{key} missing from README"
+    for section in ("server", "database", "label_studio", "webhook", "training"):
+        defaults = getattr(Settings(), section)
+        for key in vars(defaults):
+            if key != "max_body_bytes":
+                assert key in documented[section], f"{section}.{key} not in settings.toml"
+    assert "webhook.max_body_bytes" in readme
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[training]\nthreshold = 10\n[label_studio]\napi_key = "file"\n')
+    env = {
+        "LABELLOOP_TRAINING__THRESHOLD": "25",
+        "LABELLOOP_LABEL_STUDIO__API_KEY": "from-env",
+        "LABELLOOP_PROJECTS__3__SCHEDULE": "30m",
+    }
+    settings = load_settings(path, environ=env)
+    assert settings.training.threshold == 25
+    assert settings.label_studio.api_key == "from-env"
+    assert settings.training_for(3).schedule == "30m"
+    assert settings.training_for(3).threshold == 25  # inherits [training]
+    assert settings.training_for(4) is settings.training
+
+
+def test_config_chosen_by_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nport = 9999\n")
+    assert load_settings(environ={"LABELLOOP_CONFIG": str(path)}).server.port == 9999
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "key"),
+    [
+        ("[training]\nthreshold = 0\n", {}, "training.threshold"),
+        ('[training]\nthreshold = "many"\n', {}, "training.threshold"),
+        ("", {"LABELLOOP_SERVER__PORT": "http"}, "server.port"),
+        ('[training]\narchitecture = "vgg16"\n', {}, "training.architecture"),
+        ('[training]\ndevice = "tpu"\n', {}, "training.device"),
+        ('[training]\nschedule = "sometimes"\n', {}, "training.schedule"),
+        ('[training]\nmode = "finetune"\n', {}, "training.mode"),
+        ("[server]\ncolour = 1\n", {}, "server.colour"),
+        ("[nonsense]\n", {}, "[nonsense]"),
+        ("[projects.abc]\n", {}, "projects.abc"),
+        ("[projects.2]\nimage_size = 8\n", {}, "projects.2.image_size"),
+        ("[server\n", {}, "invalid TOML"),
+    ],
+)
+def test_invalid_settings_name_the_key(
+    tmp_path: Path, text: str, env: dict[str, str], key: str
+) -> None:
+    with pytest.raises(SettingsError, match=re.escape(key)):
+        load_settings(write(tmp_path, text), environ=env)
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="not found"):
+        load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    settings = load_settings(
+        environ={
+            "LABELLOOP_SERVER__API_TOKEN": "tok-123456",
+            "LABELLOOP_LABEL_STUDIO__API_KEY": "key-123456",
+            "LABELLOOP_WEBHOOK__SECRET": "sec-123456",
+            "LABELLOOP_CONFIG": str(ROOT / "settings.toml"),
+        }
+    )
+    text = repr(settings)
+    assert "123456" not in text
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("", None),
+        ("90s", ("interval", 90)),
+        ("30m", ("interval", 1800)),
+        ("2h", ("interval", 7200)),
+        ("0 3 * * *", ("cron", "0 3 * * *")),
+    ],
+)
+def test_parse_schedule(value: str, parsed: object) -> None:
+    assert parse_schedule(value) == parsed
