@@ -1,0 +1,1 @@
+"""Image decoding, embeddings and classifier heads: a plain library (no web, no storage)."""

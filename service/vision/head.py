@@ -1,0 +1,241 @@
+"""The fast training mode: a linear classifier head trained on frozen embeddings.
+
+`train_head` splits the labelled tasks with `holdout_mask` (stable per task id, so a task stays
+on the same side of the split in every run), fits standardisation + a linear layer on the train
+part, and measures it on the held-out part. Everything here runs on the CPU in milliseconds to
+seconds: the expensive part, the embeddings, is computed (and cached) elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+L2_C = 1.0  # inverse L2 strength, as scikit-learn's C
+
+
+def holdout_mask(task_ids: Sequence[int], fraction: float = 0.2) -> list[bool]:
+    """True for the tasks held out for evaluation: about `fraction` of them.
+
+    The bucket of a task depends only on its id (sha256, not Python's salted `hash()`), so the
+    split is the same across calls, processes and versions, and grows stably with the data.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
+    threshold = round(fraction * 1000)
+    return [_bucket(task_id) < threshold for task_id in task_ids]
+
+
+def _bucket(task_id: int) -> int:
+    return int(hashlib.sha256(str(task_id).encode()).hexdigest()[:8], 16) % 1000
+
+
+@dataclass
+class Metrics:
+    """Held-out evaluation of a head; plain data, JSON-able through `to_dict()`."""
+
+    accuracy: float
+    macro_f1: float
+    n_train: int
+    n_holdout: int
+    per_class: dict[str, dict[str, float]]  # label -> precision, recall, f1, support
+    confusion: list[list[int]]  # rows: true label, columns: predicted, in `labels` order
+    labels: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Metrics:
+        return cls(**{field.name: data[field.name] for field in dataclasses.fields(cls)})
+
+
+def compute_metrics(
+    true: Sequence[int], predicted: Sequence[int], labels: Sequence[str], *, n_train: int = 0
+) -> Metrics:
+    """Metrics of class indices `predicted` against `true`, both indexing `labels`.
+
+    The macro F1 averages the classes that occur in `true` or `predicted`, like scikit-learn.
+    """
+    if len(true) != len(predicted):
+        raise ValueError(f"{len(true)} true labels but {len(predicted)} predictions")
+    n_classes = len(labels)
+    confusion = [[0] * n_classes for _ in range(n_classes)]
+    for t, p in zip(true, predicted, strict=True):
+        confusion[t][p] += 1
+    per_class: dict[str, dict[str, float]] = {}
+    present_f1: list[float] = []
+    for c, label in enumerate(labels):
+        hits = confusion[c][c]
+        support = sum(confusion[c])
+        predicted_count = sum(row[c] for row in confusion)
+        precision = hits / predicted_count if predicted_count else 0.0
+        recall = hits / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": float(support),
+        }
+        if support or predicted_count:
+            present_f1.append(f1)
+    total = len(true)
+    correct = sum(confusion[c][c] for c in range(n_classes))
+    return Metrics(
+        accuracy=correct / total if total else 0.0,
+        macro_f1=sum(present_f1) / len(present_f1) if present_f1 else 0.0,
+        n_train=n_train,
+        n_holdout=total,
+        per_class=per_class,
+        confusion=confusion,
+        labels=list(labels),
+    )
+
+
+class Head(nn.Module):
+    """Standardisation (train mean/std, stored as buffers) followed by a linear layer."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, labels: Sequence[str], dim: int) -> None:
+        super().__init__()
+        if len(set(labels)) != len(labels) or len(labels) < 2:
+            raise ValueError(f"labels must be at least two distinct names, got {list(labels)}")
+        self.labels = list(labels)
+        self.dim = dim
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.linear = nn.Linear(dim, len(labels))
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Logits (N, C) of embeddings (N, dim)."""
+        result: torch.Tensor = self.linear((embeddings - self.mean) / self.std)
+        return result
+
+    def predict_proba(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(N, C) softmax probabilities, columns in `labels` order."""
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
+            raise ValueError(f"expected embeddings (N, {self.dim}), got {tuple(embeddings.shape)}")
+        with torch.inference_mode():
+            logits = self.forward(embeddings.to(torch.float32))
+        return torch.softmax(logits, dim=1)  # outside inference mode: an ordinary tensor
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(
+            {"state_dict": self.state_dict(), "labels": self.labels, "dim": self.dim}, buffer
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Head:
+        try:
+            saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            head = cls(saved["labels"], int(saved["dim"]))
+            head.load_state_dict(saved["state_dict"])
+        except Exception as exc:  # any unpickling or shape problem means "not a head"
+            raise ValueError(f"not a serialised Head: {exc}") from exc
+        return head.eval()
+
+
+@dataclass
+class TrainResult:
+    head: Head
+    metrics: Metrics | None  # None when there were too few labels to hold some out
+
+
+def train_head(
+    embeddings: torch.Tensor,
+    labels: Sequence[str],
+    task_ids: Sequence[int],
+    *,
+    holdout_fraction: float = 0.2,
+    max_iter: int = 500,
+    seed: int = 0,
+) -> TrainResult:
+    """Train a head on `embeddings` (N, dim) labelled `labels`, one task id per row.
+
+    Classes are the distinct labels sorted alphabetically. When the held-out part is empty or
+    the train part lacks a class, the head is trained on everything and `metrics` is None.
+    """
+    x = embeddings.detach().to(device="cpu", dtype=torch.float32).clone()
+    if x.ndim != 2 or not len(x) == len(labels) == len(task_ids):
+        raise ValueError(
+            f"need embeddings (N, dim) with N labels and N task ids, got {tuple(x.shape)}, "
+            f"{len(labels)} labels and {len(task_ids)} task ids"
+        )
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be at least 1, got {max_iter}")
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise ValueError(f"need at least two classes, got {len(classes)}: {classes}")
+    index = {label: c for c, label in enumerate(classes)}
+    y = torch.tensor([index[label] for label in labels], dtype=torch.long)
+    mask = holdout_mask(task_ids, holdout_fraction)
+    held = [i for i, out in enumerate(mask) if out]
+    kept = [i for i, out in enumerate(mask) if not out]
+    if not held or len(set(y[kept].tolist())) < len(classes):
+        return TrainResult(head=_fit(x, y, classes, max_iter, seed), metrics=None)
+    head = _fit(x[kept], y[kept], classes, max_iter, seed)
+    metrics = evaluate(head, x[held], [labels[i] for i in held], n_train=len(kept))
+    return TrainResult(head=head, metrics=metrics)
+
+
+def evaluate(
+    head: Head, embeddings: torch.Tensor, labels: Sequence[str], *, n_train: int = 0
+) -> Metrics:
+    """Metrics of `head` on labelled embeddings; every label must be one of `head.labels`."""
+    index = {label: c for c, label in enumerate(head.labels)}
+    unknown = sorted(set(labels) - index.keys())
+    if unknown:
+        raise ValueError(f"labels unknown to the head: {unknown}")
+    if len(labels) != len(embeddings):
+        raise ValueError(f"{len(embeddings)} embeddings but {len(labels)} labels")
+    if len(labels) == 0:
+        predicted: list[int] = []
+    else:
+        predicted = head.predict_proba(embeddings).argmax(dim=1).tolist()
+    true = [index[label] for label in labels]
+    return compute_metrics(true, predicted, head.labels, n_train=n_train)
+
+
+def _fit(x: torch.Tensor, y: torch.Tensor, classes: list[str], max_iter: int, seed: int) -> Head:
+    """L2-regularised multinomial logistic regression on standardised embeddings.
+
+    The objective is scikit-learn's LogisticRegression(C) with balanced class weights:
+    mean weighted cross entropy + ||W||^2 / (2 C n). Full-batch L-BFGS converges in tens of
+    iterations on cached embeddings, needs no learning rate or early stopping, and the L2
+    term keeps probabilities honest when labels are few (no 0/1 scores from six examples).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = Head(classes, x.shape[1])
+    head.mean.copy_(x.mean(dim=0))
+    head.std.copy_(x.std(dim=0, correction=0).clamp_min(1e-6))
+    counts = torch.bincount(y, minlength=len(classes)).to(torch.float32)
+    weight = torch.where(counts > 0, len(y) / (len(classes) * counts.clamp_min(1)), 0.0)
+    penalty = 1.0 / (2.0 * L2_C * len(y))
+    optimizer = torch.optim.LBFGS(
+        head.linear.parameters(), max_iter=max_iter, line_search_fn="strong_wolfe"
+    )
+
+    def objective() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = functional.cross_entropy(head.forward(x), y, weight=weight)
+        loss = loss + penalty * head.linear.weight.pow(2).sum()
+        torch.autograd.backward(loss)
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(objective)  # type: ignore[no-untyped-call]
+    return head.eval()

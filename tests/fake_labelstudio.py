@@ -1,0 +1,100 @@
+"""A small in-memory Label Studio behind ``httpx.MockTransport``, for unit tests.
+
+It answers the calls labelloop makes (project, paged tasks, image downloads, predictions,
+model_version) with Label Studio 1.23.2's shapes and refusals, and records what it was sent.
+"""
+
+import io
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from tests import payloads
+
+TOKEN = "ls-legacy-token"
+
+
+def color_image(color: tuple[int, int, int], seed: int, size: int = 48) -> bytes:
+    """A PNG mostly of ``color`` with a little noise, so images differ but classes separate."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", (size, size), color)
+    pixels = image.load()
+    assert pixels is not None
+    for _ in range(size * 4):
+        x, y = rng.randrange(size), rng.randrange(size)
+        pixels[x, y] = tuple(min(255, max(0, c + rng.randint(-60, 60))) for c in color)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class FakeLabelStudio:
+    project_id: int = 1
+    label_config: str = payloads.LABEL_CONFIG
+    tasks: dict[int, dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    model_version: str = ""
+    downloads: int = 0
+    fail_imports: int = 0  # answer this many prediction imports with 503 after storing them
+
+    def add_task(self, task_id: int, image: bytes | None) -> None:
+        path = f"/data/upload/{self.project_id}/img-{task_id}.png"
+        self.tasks[task_id] = {"id": task_id, "project": self.project_id, "data": {"image": path}}
+        if image is not None:
+            self.files[path] = image
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get("authorization") != f"Token {TOKEN}":
+            return httpx.Response(
+                401, json={"detail": "Authentication credentials were not provided."}
+            )
+        path, params = request.url.path, request.url.params
+        project_path = f"/api/projects/{self.project_id}/"
+        if path == project_path and request.method == "GET":
+            body = payloads.project(self.project_id, self.label_config)
+            return httpx.Response(200, json={**body, "model_version": self.model_version})
+        if path == project_path and request.method == "PATCH":
+            version = json.loads(request.content)["model_version"]
+            if not any(p["model_version"] == version for p in self.predictions):
+                return httpx.Response(400, json={"model_version": ["no predictions"]})
+            self.model_version = version
+            return httpx.Response(200, json={"id": self.project_id, "model_version": version})
+        if path == "/api/tasks/":
+            return self._tasks_page(int(params["page"]), int(params["page_size"]))
+        if path.startswith("/data/upload/"):
+            self.downloads += 1
+            if path not in self.files:
+                return httpx.Response(404, text="not found")
+            return httpx.Response(200, content=self.files[path])
+        if path == "/api/predictions/":
+            return httpx.Response(200, json=self.predictions)
+        if path == f"{project_path}import/predictions":
+            return self._import(json.loads(request.content))
+        return httpx.Response(404, json={"detail": "Not found."})
+
+    def _tasks_page(self, page: int, size: int) -> httpx.Response:
+        ordered = [self.tasks[k] for k in sorted(self.tasks)]
+        chunk = ordered[(page - 1) * size : page * size]
+        if not chunk and page > 1:
+            return httpx.Response(404, json={"detail": "Invalid page."})
+        return httpx.Response(200, json={"total": len(ordered), "tasks": chunk})
+
+    def _import(self, body: list[dict[str, Any]]) -> httpx.Response:
+        for prediction in body:
+            if prediction["task"] not in self.tasks:
+                return httpx.Response(400, json={"detail": "task not in project"})
+        for prediction in body:
+            self.predictions.append({**prediction, "id": len(self.predictions) + 1})
+        if self.fail_imports:
+            self.fail_imports -= 1
+            return httpx.Response(503, text="upstream timeout")  # stored, but the answer is lost
+        return httpx.Response(201, json={"created": len(body)})
