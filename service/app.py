@@ -36,7 +36,10 @@ def create_app(
         _warn_if_open(settings)
         async with open_services(settings, transport=transport) as services:
             app.state.services = services
-            tasks = [asyncio.create_task(run_folder(services), name="folder")]
+            tasks = [
+                asyncio.create_task(services.event_writer.run(), name="event-writer"),
+                asyncio.create_task(run_folder(services), name="folder"),
+            ]
             if run_worker:
                 from service.worker import Worker  # torch loads here, never on the ingest path
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import httpx
 from sqlalchemy.engine import Engine
 
+from service.eventlog import EventWriter
 from service.labelstudio import LabelStudio
 from service.settings import Settings
 from storage.db import create_engine
@@ -18,6 +19,10 @@ class Services:
     settings: Settings
     engine: Engine
     label_studio: LabelStudio
+    # Writes to SQLite go through this lock in-process, so they queue here rather than in
+    # SQLite's busy-retry sleeps. The event writer and the folder take it.
+    write_lock: asyncio.Lock
+    event_writer: EventWriter
     # Set after each committed webhook: the folder wakes and folds it.
     events_arrived: asyncio.Event = field(default_factory=asyncio.Event)
     # Set whenever a job is queued: the in-process worker wakes and claims it.
@@ -33,8 +38,15 @@ async def open_services(
     label_studio = LabelStudio(
         settings.label_studio.url, settings.label_studio.api_key, transport=transport
     )
+    write_lock = asyncio.Lock()
     try:
-        yield Services(settings=settings, engine=engine, label_studio=label_studio)
+        yield Services(
+            settings=settings,
+            engine=engine,
+            label_studio=label_studio,
+            write_lock=write_lock,
+            event_writer=EventWriter(engine, write_lock),
+        )
     finally:
         await label_studio.aclose()
         engine.dispose()

@@ -14,17 +14,19 @@ from service.fold import FoldResult, fold_pending
 logger = logging.getLogger(__name__)
 
 
+def fold_batch(services: Services) -> FoldResult:
+    """Fold one batch of unfolded events in one transaction."""
+    with services.engine.begin() as conn:
+        return fold_pending(conn, services.settings)
+
+
 def fold_all(services: Services) -> FoldResult:
     """Fold until no unfolded event is left (one transaction per batch)."""
     total = FoldResult()
-    while True:
-        with services.engine.begin() as conn:
-            result = fold_pending(conn, services.settings)
+    while (result := fold_batch(services)).events:
         total.events += result.events
-        total.projects |= result.projects
         total.queued_jobs += result.queued_jobs
-        if result.events == 0:
-            return total
+    return total
 
 
 async def run_folder(services: Services, *, poll_interval: float = 5.0) -> None:
@@ -32,11 +34,14 @@ async def run_folder(services: Services, *, poll_interval: float = 5.0) -> None:
     while True:
         services.events_arrived.clear()
         try:
-            result = await asyncio.to_thread(fold_all, services)
+            while True:
+                async with services.write_lock:
+                    result = await asyncio.to_thread(fold_batch, services)
+                if result.queued_jobs:
+                    services.jobs_queued.set()
+                if not result.events:
+                    break
         except Exception:
             logger.exception("folding events failed; retrying")
-            result = FoldResult()
-        if result.queued_jobs:
-            services.jobs_queued.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(services.events_arrived.wait(), poll_interval)

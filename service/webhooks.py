@@ -9,14 +9,12 @@ import json
 import logging
 
 import sqlalchemy as sa
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from service.auth import webhook_allowed
 from service.context import Services
 from service.fold import project_id_of
-from storage import events
 
 logger = logging.getLogger(__name__)
 
@@ -47,17 +45,13 @@ async def webhook(request: Request) -> JSONResponse:
     if not isinstance(action, str) or not action:
         return _error(400, "body has no 'action' string")
     try:
-        event_id = await run_in_threadpool(_append, services, action, project_id_of(payload), text)
+        stored = await services.event_writer.append(action, project_id_of(payload), text)
     except sa.exc.DBAPIError as exc:
         logger.error("webhook not stored, database unavailable: %s", type(exc.orig).__name__)
         return _error(503, "database unavailable; event not stored")
-    services.events_arrived.set()
-    return JSONResponse({"ok": True, "event_id": event_id})
-
-
-def _append(services: Services, action: str, project_id: int | None, body: str) -> int:
-    with services.engine.begin() as conn:
-        return events.append(conn, action=action, project_id=project_id, body=body)
+    if not stored.duplicate:
+        services.events_arrived.set()
+    return JSONResponse({"ok": True, "event_id": stored.id, "duplicate": stored.duplicate})
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

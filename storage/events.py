@@ -1,6 +1,8 @@
 """The append-only event log: every accepted webhook body, verbatim, with its arrival time."""
 
+import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -8,6 +10,21 @@ from sqlalchemy.engine import Connection
 
 from storage.db import for_update, utcnow
 from storage.tables import events
+
+# Repeating these is a new request, not a redelivery.
+REPEATABLE_ACTIONS = frozenset({"START_TRAINING"})
+
+
+@dataclass(frozen=True)
+class Appended:
+    id: int
+    duplicate: bool  # an identical body was already in the log
+
+
+def digest(action: str, body: str) -> str | None:
+    if action in REPEATABLE_ACTIONS:
+        return None
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def append(
@@ -18,20 +35,41 @@ def append(
     body: str,
     source: str = "webhook",
     received_at: datetime | None = None,
-) -> int:
-    """Store one event; the caller commits before acknowledging it."""
-    result = conn.execute(
-        events.insert().values(
-            action=action,
-            project_id=project_id,
-            body=body,
-            source=source,
-            received_at=received_at or utcnow(),
-        )
-    )
-    (event_id,) = result.inserted_primary_key or (None,)
-    assert event_id is not None
-    return int(event_id)
+) -> Appended:
+    """Store one event unless the identical body is already stored; the caller commits."""
+    key = digest(action, body)
+    if key is not None:
+        existing = conn.execute(sa.select(events.c.id).where(events.c.digest == key)).scalar()
+        if existing is not None:
+            return Appended(int(existing), duplicate=True)
+    values = {
+        "action": action,
+        "project_id": project_id,
+        "body": body,
+        "digest": key,
+        "source": source,
+        "received_at": received_at or utcnow(),
+    }
+    try:
+        with conn.begin_nested():
+            event_id = conn.execute(events.insert().values(values).returning(events.c.id))
+            return Appended(int(event_id.scalar_one()), duplicate=False)
+    except sa.exc.IntegrityError:  # the same body, committed by another process just now
+        existing = conn.execute(sa.select(events.c.id).where(events.c.digest == key)).scalar()
+        if existing is None:
+            raise
+        return Appended(int(existing), duplicate=True)
+
+
+def append_many(
+    conn: Connection, rows: Sequence[tuple[str, int | None, str]], source: str = "webhook"
+) -> list[Appended]:
+    """Store (action, project id, body) rows in one transaction, in order."""
+    now = utcnow()
+    return [
+        append(conn, action=a, project_id=p, body=b, source=source, received_at=now)
+        for a, p, b in rows
+    ]
 
 
 def claim_unfolded(conn: Connection, limit: int = 500) -> list[tuple[int, str, str]]:

@@ -30,6 +30,9 @@ events = sa.Table(
     sa.Column("action", sa.String(64), nullable=False),
     sa.Column("project_id", sa.Integer, nullable=True),
     sa.Column("body", sa.Text, nullable=False),
+    # sha256 of the body: an identical redelivery is acknowledged but stored once. NULL for
+    # actions that mean "do it again" when repeated (START_TRAINING).
+    sa.Column("digest", sa.String(64), nullable=True, unique=True),
     sa.Column("folded", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index(
         "ix_events_unfolded",

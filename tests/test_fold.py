@@ -40,8 +40,24 @@ def state(engine: Engine) -> tuple[int, dict[int, str], int]:
 def test_redelivered_event_changes_nothing(engine: Engine) -> None:
     body = payloads.annotation_event(10, 100, "red")
     post(engine, body)
-    post(engine, body)
+    post(engine, body)  # byte-identical: stored once
+    # The same annotation again, inside a body that differs (the project's counters moved):
+    # stored, folded, and still counted once.
+    again = payloads.annotation_event(10, 100, "red")
+    again["project"]["total_annotations_number"] = 1
+    post(engine, again)
     assert state(engine) == (1, {100: "red"}, 1)
+    with engine.begin() as conn:
+        assert events.count(conn, 1) == 2
+
+
+def test_repeated_start_training_is_not_a_duplicate(engine: Engine) -> None:
+    body = {"action": "START_TRAINING", "project": payloads.project()}
+    with engine.begin() as conn:
+        first = events.append(conn, action="START_TRAINING", project_id=1, body=json.dumps(body))
+        second = events.append(conn, action="START_TRAINING", project_id=1, body=json.dumps(body))
+    assert not first.duplicate and not second.duplicate
+    assert first.id != second.id
 
 
 def test_newer_update_wins_and_older_is_ignored(engine: Engine) -> None:

@@ -50,8 +50,10 @@ def upgrade() -> None:
         sa.Column("action", sa.String(length=64), nullable=False),
         sa.Column("project_id", sa.Integer(), nullable=True),
         sa.Column("body", sa.Text(), nullable=False),
+        sa.Column("digest", sa.String(length=64), nullable=True),
         sa.Column("folded", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_events")),
+        sa.UniqueConstraint("digest", name=op.f("uq_events_digest")),
     )
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.create_index("ix_events_project_id", ["project_id"], unique=False)
