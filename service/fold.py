@@ -85,9 +85,14 @@ def _apply(conn: Connection, action: str, body: Mapping[str, Any], result: FoldR
         logger.info("event %s has no project; kept in the log, not folded", action)
         return
     project = body["project"]
+    stored = labels.get_project(conn, project_id)
     if isinstance(project, Mapping) and "label_config" in project:
-        labels.save_project(conn, project_id, project_row(project))
-    elif labels.get_project(conn, project_id) is None:
+        if stored is None or (stored.label_config, stored.title) != (
+            project.get("label_config"),
+            project.get("title") or "",
+        ):
+            labels.save_project(conn, project_id, project_row(project))
+    elif stored is None:
         labels.save_project(conn, project_id, {})
 
     if action in ANNOTATION_ACTIONS:

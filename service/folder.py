@@ -29,9 +29,16 @@ def fold_all(services: Services) -> FoldResult:
     return total
 
 
-async def run_folder(services: Services, *, poll_interval: float = 5.0) -> None:
-    """Fold whenever an event arrives (or every ``poll_interval`` for other processes' events)."""
+async def run_folder(
+    services: Services, *, poll_interval: float = 5.0, gather_delay: float = 0.05
+) -> None:
+    """Fold whenever an event arrives (or every ``poll_interval`` for other processes' events).
+
+    After a wake-up it waits ``gather_delay`` so that a burst of webhooks folds as one batch
+    instead of interleaving a fold transaction with every request.
+    """
     while True:
+        await asyncio.sleep(gather_delay)
         services.events_arrived.clear()
         try:
             while True:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from storage.db import for_update, utcnow
@@ -38,10 +39,6 @@ def append(
 ) -> Appended:
     """Store one event unless the identical body is already stored; the caller commits."""
     key = digest(action, body)
-    if key is not None:
-        existing = conn.execute(sa.select(events.c.id).where(events.c.digest == key)).scalar()
-        if existing is not None:
-            return Appended(int(existing), duplicate=True)
     values = {
         "action": action,
         "project_id": project_id,
@@ -50,15 +47,18 @@ def append(
         "source": source,
         "received_at": received_at or utcnow(),
     }
-    try:
-        with conn.begin_nested():
-            event_id = conn.execute(events.insert().values(values).returning(events.c.id))
-            return Appended(int(event_id.scalar_one()), duplicate=False)
-    except sa.exc.IntegrityError:  # the same body, committed by another process just now
-        existing = conn.execute(sa.select(events.c.id).where(events.c.digest == key)).scalar()
-        if existing is None:
-            raise
-        return Appended(int(existing), duplicate=True)
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = (
+        dialect.insert(events)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["digest"])
+        .returning(events.c.id)
+    )
+    event_id = conn.execute(stmt).scalar()
+    if event_id is not None:
+        return Appended(int(event_id), duplicate=False)
+    existing = conn.execute(sa.select(events.c.id).where(events.c.digest == key)).scalar_one()
+    return Appended(int(existing), duplicate=True)
 
 
 def append_many(
