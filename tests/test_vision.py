@@ -27,6 +27,7 @@ from service.vision.head import (
     Head,
     compute_metrics,
     evaluate,
+    fold_of,
     holdout_mask,
     train_head,
 )
@@ -393,7 +394,7 @@ def test_train_head_on_inference_tensors_with_imbalance() -> None:
     with torch.inference_mode():
         frozen = x[keep].clone()
     result = train_head(frozen, [labels[i] for i in keep], keep, holdout_fraction=0.0)
-    assert result.metrics is None
+    assert result.metrics is not None and result.metrics.scheme == "5-fold"  # 85 labels
     predicted = result.head.predict_proba(x).argmax(dim=1)
     assert (predicted[40:80] == 0).float().mean() > 0.9  # the rare class, ant, is learned
 
@@ -443,3 +444,16 @@ def test_evaluate_rejects_unknown_labels() -> None:
     assert evaluate(head, torch.zeros(0, 2), []).n_holdout == 0
     with pytest.raises(ValueError, match="unknown"):
         evaluate(head, torch.zeros(1, 2), ["z"])
+
+
+def test_few_labels_are_cross_validated_on_stable_folds() -> None:
+    x, labels = clusters(per_class=20)
+    ids = list(range(1000, 1060))
+    result = train_head(x, labels, ids)
+    assert result.metrics is not None
+    assert result.metrics.scheme == "5-fold"
+    assert result.metrics.n_holdout == 60  # every label predicted once, by a head without it
+    assert result.metrics.accuracy > 0.9
+    # Fold 0 is exactly the held-out fifth, and a task's fold never depends on the others.
+    assert [fold_of(t) == 0 for t in ids] == holdout_mask(ids, 0.2)
+    assert [fold_of(t) for t in ids[:10]] == [fold_of(t) for t in range(1000, 1010)]

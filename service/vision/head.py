@@ -20,6 +20,9 @@ from torch import nn
 from torch.nn import functional
 
 L2_C = 1.0  # inverse L2 strength, as scikit-learn's C
+FOLDS = 5  # fold 0 (a stable fifth of the tasks, by id) is the held-out part
+KFOLD_BELOW = 100  # with fewer labels every fold takes a turn as held-out (cross-validation)
+MIN_EVALUATED = 10  # below this many labels no figure would mean anything: metrics are None
 
 
 def holdout_mask(task_ids: Sequence[int], fraction: float = 0.2) -> list[bool]:
@@ -32,6 +35,11 @@ def holdout_mask(task_ids: Sequence[int], fraction: float = 0.2) -> list[bool]:
         raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
     threshold = round(fraction * 1000)
     return [_bucket(task_id) < threshold for task_id in task_ids]
+
+
+def fold_of(task_id: int) -> int:
+    """The task's fold in 0..FOLDS-1, fixed by its id: fold 0 is `holdout_mask(.., 0.2)`."""
+    return _bucket(task_id) * FOLDS // 1000
 
 
 def _bucket(task_id: int) -> int:
@@ -49,13 +57,14 @@ class Metrics:
     per_class: dict[str, dict[str, float]]  # label -> precision, recall, f1, support
     confusion: list[list[int]]  # rows: true label, columns: predicted, in `labels` order
     labels: list[str]
+    scheme: str = "holdout"  # "holdout" (fold 0) or "5-fold" cross-validation
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Metrics:
-        return cls(**{field.name: data[field.name] for field in dataclasses.fields(cls)})
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
 def compute_metrics(
@@ -181,13 +190,43 @@ def train_head(
         raise ValueError(f"need at least two classes, got {len(classes)}: {classes}")
     index = {label: c for c, label in enumerate(classes)}
     y = torch.tensor([index[label] for label in labels], dtype=torch.long)
+    if len(y) < KFOLD_BELOW:
+        return _cross_validated(x, y, classes, task_ids, max_iter, seed)
     mask = holdout_mask(task_ids, holdout_fraction)
     held = [i for i, out in enumerate(mask) if out]
     kept = [i for i, out in enumerate(mask) if not out]
     if not held or len(set(y[kept].tolist())) < len(classes):
-        return TrainResult(head=_fit(x, y, classes, max_iter, seed), metrics=None)
+        return _cross_validated(x, y, classes, task_ids, max_iter, seed)
     head = _fit(x[kept], y[kept], classes, max_iter, seed)
     metrics = evaluate(head, x[held], [labels[i] for i in held], n_train=len(kept))
+    return TrainResult(head=head, metrics=metrics)
+
+
+def _cross_validated(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: list[str],
+    task_ids: Sequence[int],
+    max_iter: int,
+    seed: int,
+) -> TrainResult:
+    """Few labels: each stable fold is predicted by a head fitted on the others; the pooled
+    predictions are the metrics, and the returned head is fitted on everything."""
+    folds = torch.tensor([fold_of(t) for t in task_ids])
+    true: list[int] = []
+    predicted: list[int] = []
+    for fold in range(FOLDS):
+        held = folds == fold
+        if not held.any() or len(set(y[~held].tolist())) < 2:
+            continue
+        head = _fit(x[~held], y[~held], classes, max_iter, seed)
+        true += y[held].tolist()
+        predicted += head.predict_proba(x[held]).argmax(dim=1).tolist()
+    head = _fit(x, y, classes, max_iter, seed)
+    if len(true) < max(MIN_EVALUATED, len(classes)):
+        return TrainResult(head=head, metrics=None)  # too few labels to say anything
+    metrics = compute_metrics(true, predicted, classes, n_train=len(y))
+    metrics.scheme = f"{FOLDS}-fold"
     return TrainResult(head=head, metrics=metrics)
 
 
