@@ -61,6 +61,11 @@ def create_app(
         Route("/projects/{project_id:int}", control.get_project, methods=["GET"]),
         Route("/projects/{project_id:int}/train", control.train, methods=["POST"]),
         Route("/projects/{project_id:int}/models", control.list_models, methods=["GET"]),
+        Route(
+            "/projects/{project_id:int}/models/{version}/activate",
+            control.activate,
+            methods=["POST"],
+        ),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

@@ -14,7 +14,7 @@ from service.auth import bearer_allowed
 from service.context import Services
 from service.fold import project_row
 from service.labelstudio import LabelStudioError
-from storage import labels, models
+from storage import jobs, labels, models
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,31 @@ async def list_models(request: Request) -> JSONResponse:
     project_id: int = request.path_params["project_id"]
     rows = await _read(services, models.listing, project_id)
     return JSONResponse({"models": [status.version_summary(row) for row in rows]})
+
+
+@protected
+async def activate(request: Request) -> JSONResponse:
+    """Roll back (or forward) to a stored version, then push its predictions."""
+    services: Services = request.app.state.services
+    project_id: int = request.path_params["project_id"]
+    version: str = request.path_params["version"]
+    job_id = await run_in_threadpool(_activate, services, project_id, version)
+    if job_id is None:
+        return JSONResponse(
+            {"error": f"project {project_id} has no version {version!r}"}, status_code=404
+        )
+    services.jobs_queued.set()
+    return JSONResponse(
+        {"active": version, "push_job_id": job_id, "status": "queued"}, status_code=202
+    )
+
+
+def _activate(services: Services, project_id: int, version: str) -> int | None:
+    with services.engine.begin() as conn:
+        if not models.activate(conn, project_id, version):
+            return None
+        job_id, _ = jobs.enqueue(conn, project_id, "manual", kind="push", model_version=version)
+        return job_id
 
 
 def _ping(services: Services) -> None:

@@ -61,6 +61,8 @@ class TrainingSettings:
     weights: str = "imagenet"
     device: str = "auto"
     image_size: int = 224
+    # A new version is promoted unless its macro-F1 is worse than the active one's by more.
+    promotion_margin: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -184,11 +186,20 @@ def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             return int(value)
         raise SettingsError(f"{key}: expected an integer, got {_describe(value)}")
+    if kind is float:
+        if isinstance(value, bool):
+            raise SettingsError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{key}: expected a number, got {_describe(value)}") from None
     if kind is str:
         if isinstance(value, str):
             return value
         raise SettingsError(f"{key}: expected a string, got {_describe(value)}")
-    raise SettingsError(f"{key}: unsupported type")  # pragma: no cover - all fields are int/str
+    raise SettingsError(f"{key}: unsupported type")  # pragma: no cover - fields are int/float/str
 
 
 def _describe(value: Any) -> str:
@@ -208,6 +219,8 @@ def _validate_training(name: str, training: TrainingSettings) -> None:
         raise SettingsError(f'{name}.weights: "imagenet", "none" or a path to a state dict')
     if not _DEVICE.match(training.device):
         raise SettingsError(f"{name}.device: expected auto, cpu, cuda or cuda:N")
+    if not 0.0 <= training.promotion_margin <= 1.0:
+        raise SettingsError(f"{name}.promotion_margin: must be between 0 and 1")
     if not 32 <= training.image_size <= 1024:
         raise SettingsError(f"{name}.image_size: must be between 32 and 1024")
     try:

@@ -55,6 +55,7 @@ def version_summary(row: Any) -> dict[str, Any]:
         "metrics": row.metrics,
         "created_at": _iso(row.created_at),
         "active": bool(row.active),
+        "promotion": row.promotion,
         "backbone": row.backbone,
         "labels": row.labels,
     }
@@ -63,6 +64,7 @@ def version_summary(row: Any) -> dict[str, Any]:
 def job_summary(job: Any) -> dict[str, Any]:
     return {
         "id": job.id,
+        "kind": job.kind,
         "reason": job.reason,
         "status": job.status,
         "created_at": _iso(job.created_at),
@@ -71,6 +73,7 @@ def job_summary(job: Any) -> dict[str, Any]:
         "attempts": job.attempts,
         "progress": job.progress,
         "model_version": job.model_version,
+        "note": job.note,
         "error": job.error,
     }
 

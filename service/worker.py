@@ -54,11 +54,16 @@ class Worker:
         job = await asyncio.to_thread(self._claim)
         if job is None:
             return False
-        logger.info("job %d (project %d, %s) started", job.id, job.project_id, job.reason)
+        logger.info(
+            "job %d (%s, project %d, %s) started", job.id, job.kind, job.project_id, job.reason
+        )
         progress: dict[str, Any] = {}
         beat = asyncio.create_task(self._heartbeat(job.id, progress))
         try:
-            outcome = await self.pipeline.run(job.project_id, job.id, progress)
+            if job.kind == "push":
+                outcome = await self.pipeline.push(job.project_id, job.model_version, progress)
+            else:
+                outcome = await self.pipeline.train(job.project_id, job.id, progress)
         except Exception as exc:
             logger.exception("job %d failed", job.id)
             outcome = Outcome("failed", error=f"{type(exc).__name__}: {exc}")
@@ -85,6 +90,7 @@ class Worker:
                 outcome.status,
                 error=outcome.error,
                 model_version=outcome.model_version,
+                note=outcome.note,
             )
 
     async def _heartbeat(self, job_id: int, progress: dict[str, Any]) -> None:

@@ -17,32 +17,52 @@ from storage.db import for_update, utcnow
 from storage.tables import jobs, projects
 
 REASONS = ("threshold", "schedule", "manual")
+KINDS = ("train", "push")
 FINISHED = ("succeeded", "failed", "skipped")
 
 
-def enqueue(conn: Connection, project_id: int, reason: str) -> tuple[int, bool]:
-    """Queue a training job, or join the one already queued. Returns (job id, created)."""
+def enqueue(
+    conn: Connection,
+    project_id: int,
+    reason: str,
+    *,
+    kind: str = "train",
+    model_version: str | None = None,
+) -> tuple[int, bool]:
+    """Queue a job, or join the one of this kind already queued. Returns (job id, created).
+
+    A push job carries the version to push; joining a queued push retargets it, so the
+    newest request (e.g. a rollback) wins.
+    """
     if reason not in REASONS:
         raise ValueError(f"unknown reason {reason!r}")
-    existing = _queued(conn, project_id)
-    if existing is not None:
-        return existing, False
-    # A nested transaction, so losing the race to another process rolls back only this insert.
-    try:
-        with conn.begin_nested():
-            result = conn.execute(
-                jobs.insert().values(
-                    project_id=project_id, reason=reason, status="queued", created_at=utcnow()
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}")
+    existing = _queued(conn, project_id, kind)
+    if existing is None:
+        # A nested transaction, so losing a race to another process undoes only this insert.
+        try:
+            with conn.begin_nested():
+                result = conn.execute(
+                    jobs.insert().values(
+                        project_id=project_id,
+                        kind=kind,
+                        reason=reason,
+                        status="queued",
+                        model_version=model_version,
+                        created_at=utcnow(),
+                    )
                 )
-            )
-    except sa.exc.IntegrityError:
-        existing = _queued(conn, project_id)
-        if existing is None:
-            raise
-        return existing, False
-    (job_id,) = result.inserted_primary_key or (None,)
-    assert job_id is not None
-    return int(job_id), True
+                (job_id,) = result.inserted_primary_key or (None,)
+                assert job_id is not None
+                return int(job_id), True
+        except sa.exc.IntegrityError:
+            existing = _queued(conn, project_id, kind)
+            if existing is None:
+                raise
+    if kind == "push":
+        conn.execute(jobs.update().where(jobs.c.id == existing).values(model_version=model_version))
+    return existing, False
 
 
 def claim(conn: Connection) -> Row[Any] | None:
@@ -96,14 +116,16 @@ def finish(
     *,
     error: str | None = None,
     model_version: str | None = None,
+    note: str | None = None,
 ) -> None:
     if status not in FINISHED:
         raise ValueError(f"not a final status: {status!r}")
-    conn.execute(
-        jobs.update()
-        .where(jobs.c.id == job_id)
-        .values(status=status, finished_at=utcnow(), error=error, model_version=model_version)
-    )
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
+    if model_version is not None:
+        values["model_version"] = model_version
+    if note is not None:
+        values["note"] = note
+    conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
 
 
 def recover_stale(
@@ -114,7 +136,7 @@ def recover_stale(
     stmt = sa.select(jobs).where(jobs.c.status == "running", jobs.c.heartbeat_at < cutoff)
     recovered = []
     for job in conn.execute(for_update(conn, stmt, skip_locked=True)).all():
-        if job.attempts >= max_attempts or _queued(conn, job.project_id) is not None:
+        if job.attempts >= max_attempts or _queued(conn, job.project_id, job.kind) is not None:
             why = "worker stopped responding" + (
                 f" after {job.attempts} attempts" if job.attempts >= max_attempts else ""
             )
@@ -128,8 +150,10 @@ def recover_stale(
 
 
 def changes_since_last_job(conn: Connection, project_id: int) -> int:
-    """Annotation changes not yet seen by any started job (what the threshold counts)."""
-    mark = sa.select(sa.func.max(jobs.c.change_mark)).where(jobs.c.project_id == project_id)
+    """Annotation changes not yet seen by any started training (what the threshold counts)."""
+    mark = sa.select(sa.func.max(jobs.c.change_mark)).where(
+        jobs.c.project_id == project_id, jobs.c.kind == "train"
+    )
     stmt = sa.select(projects.c.changes - sa.func.coalesce(mark.scalar_subquery(), 0)).where(
         projects.c.id == project_id
     )
@@ -153,7 +177,9 @@ def recent(conn: Connection, project_id: int, limit: int = 20) -> Sequence[Row[A
     return conn.execute(stmt).all()
 
 
-def _queued(conn: Connection, project_id: int) -> int | None:
-    stmt = sa.select(jobs.c.id).where(jobs.c.project_id == project_id, jobs.c.status == "queued")
+def _queued(conn: Connection, project_id: int, kind: str) -> int | None:
+    stmt = sa.select(jobs.c.id).where(
+        jobs.c.project_id == project_id, jobs.c.kind == kind, jobs.c.status == "queued"
+    )
     job_id = conn.execute(stmt).scalar()
     return None if job_id is None else int(job_id)

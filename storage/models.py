@@ -18,7 +18,11 @@ def next_version(conn: Connection, project_id: int) -> str:
 
 
 def add(conn: Connection, project_id: int, version: str, values: Mapping[str, Any]) -> None:
-    """Store a version (inactive); ``activate`` makes it the one predictions come from."""
+    """Store a version, inactive; ``activate`` makes it the one predictions come from.
+
+    The head, its label map and the settings that made it are one row, written in the
+    caller's transaction: a crash leaves either the whole version or none of it.
+    """
     conn.execute(
         model_versions.insert().values(
             project_id=project_id, version=version, created_at=utcnow(), active=False, **values

@@ -91,7 +91,7 @@ jobs = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("kind", sa.String(16), nullable=False, server_default="train"),
+    sa.Column("kind", sa.String(16), nullable=False, server_default="train"),  # train | push
     sa.Column("reason", sa.String(16), nullable=False),  # threshold | schedule | manual
     sa.Column("status", sa.String(16), nullable=False),  # queued|running|succeeded|failed|skipped
     sa.Column("created_at", UTC_TIME, nullable=False),
@@ -102,13 +102,17 @@ jobs = sa.Table(
     # projects.changes when the job started: later changes count toward the next trigger.
     sa.Column("change_mark", sa.Integer),
     sa.Column("progress", sa.JSON),
+    # train: the version it produced; push: the version whose predictions it pushes.
     sa.Column("model_version", sa.String(64)),
+    sa.Column("note", sa.Text),  # e.g. why a new version was kept but not promoted
     sa.Column("error", sa.Text),
     sa.Index("ix_jobs_project_id_id", "project_id", "id"),
-    # At most one queued and one running job per project, whichever process asks.
+    # At most one queued job of each kind, and one running job, per project, whichever
+    # process asks: triggers coalesce, and two workers never run one project at once.
     sa.Index(
         "uq_jobs_one_queued",
         "project_id",
+        "kind",
         unique=True,
         sqlite_where=sa.text("status = 'queued'"),
         postgresql_where=sa.text("status = 'queued'"),
@@ -148,6 +152,7 @@ model_versions = sa.Table(
     sa.Column("head", sa.LargeBinary, nullable=False),
     sa.Column("settings", sa.JSON, nullable=False),
     sa.Column("active", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("promotion", sa.Text),  # why the gate promoted it, or kept it inactive
     sa.Column("created_at", UTC_TIME, nullable=False),
     sa.UniqueConstraint("project_id", "version", name="uq_model_versions_project_version"),
 )

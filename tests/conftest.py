@@ -2,15 +2,18 @@
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from service.context import Services, open_services
+from service.settings import DatabaseSettings, LabelStudioSettings, Settings, TrainingSettings
 from storage.db import create_engine
 from storage.migrate import upgrade
+from tests.fake_labelstudio import BLUE, RED, TOKEN, FakeLabelStudio, color_image
 
 POSTGRES_URL = os.environ.get("LABELLOOP_TEST_POSTGRES_URL", "")
 REQUIRE_SERVICES = os.environ.get("LABELLOOP_REQUIRE_SERVICES") == "1"
@@ -62,3 +65,27 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine = create_engine(database_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def fake() -> FakeLabelStudio:
+    """Tasks 1-10 with red (odd) or blue (even) images, 11 whose image is missing (404) and
+    12 whose "image" is text."""
+    fake = FakeLabelStudio()
+    for task_id in range(1, 11):
+        fake.add_task(task_id, color_image(RED if task_id % 2 else BLUE, seed=task_id))
+    fake.add_task(11, None)
+    fake.add_task(12, b"this is not an image")
+    return fake
+
+
+@pytest.fixture
+async def services(engine: Engine, fake: FakeLabelStudio) -> AsyncIterator[Services]:
+    """Everything a worker needs, on the test database and the fake Label Studio."""
+    settings = Settings(
+        database=DatabaseSettings(url=engine.url.render_as_string(hide_password=False)),
+        label_studio=LabelStudioSettings(url="http://ls.test", api_key=TOKEN),
+        training=TrainingSettings(threshold=6, weights="none", image_size=64, device="cpu"),
+    )
+    async with open_services(settings, transport=fake.transport()) as services:
+        yield services

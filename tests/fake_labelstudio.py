@@ -13,9 +13,13 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from service.context import Services
+from service.folder import fold_all
+from storage import events
 from tests import payloads
 
 TOKEN = "ls-legacy-token"
+RED, BLUE = (220, 30, 30), (30, 30, 220)
 
 
 def color_image(color: tuple[int, int, int], seed: int, size: int = 48) -> bytes:
@@ -98,3 +102,17 @@ class FakeLabelStudio:
             self.fail_imports -= 1
             return httpx.Response(503, text="upstream timeout")  # stored, but the answer is lost
         return httpx.Response(201, json={"created": len(body)})
+
+
+def annotate(services: Services, *labeled: tuple[int, int, str, str]) -> None:
+    """Post ANNOTATION_* events (annotation id, task id, label, updated_at) and fold them."""
+    with services.engine.begin() as conn:
+        for annotation_id, task_id, label, updated_at in labeled:
+            body = payloads.annotation_event(annotation_id, task_id, label, updated_at=updated_at)
+            events.append(conn, action=body["action"], project_id=1, body=json.dumps(body))
+    fold_all(services)
+
+
+def first_six(updated_at: str = "2026-11-29T10:00:00Z") -> list[tuple[int, int, str, str]]:
+    """Tasks 1-6 labeled by their colour (odd ids are red)."""
+    return [(100 + t, t, "red" if t % 2 else "blue", updated_at) for t in range(1, 7)]

@@ -1,58 +1,16 @@
 """The worker runs the whole pipeline against a fake Label Studio, on real images and torch."""
 
-import json
-from collections.abc import AsyncIterator
-
 import pytest
 import torch
-from sqlalchemy.engine import Engine
 
-from service.context import Services, open_services
-from service.folder import fold_all
+from service.context import Services
 from service.predictions import push_predictions
-from service.settings import DatabaseSettings, LabelStudioSettings, Settings, TrainingSettings
 from service.vision.head import Head
 from service.worker import Worker
-from storage import events, jobs, labels, models
-from tests import payloads
-from tests.fake_labelstudio import TOKEN, FakeLabelStudio, color_image
+from storage import jobs, labels, models
+from tests.fake_labelstudio import FakeLabelStudio, annotate, first_six
 
-RED, BLUE = (220, 30, 30), (30, 30, 220)
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def fake() -> FakeLabelStudio:
-    fake = FakeLabelStudio()
-    for task_id in range(1, 11):
-        fake.add_task(task_id, color_image(RED if task_id % 2 else BLUE, seed=task_id))
-    fake.add_task(11, None)  # 404 on download
-    fake.add_task(12, b"this is not an image")
-    return fake
-
-
-@pytest.fixture
-async def services(engine: Engine, fake: FakeLabelStudio) -> AsyncIterator[Services]:
-    settings = Settings(
-        database=DatabaseSettings(url=str(engine.url.render_as_string(hide_password=False))),
-        label_studio=LabelStudioSettings(url="http://ls.test", api_key=TOKEN),
-        training=TrainingSettings(threshold=6, weights="none", image_size=64, device="cpu"),
-    )
-    async with open_services(settings, transport=fake.transport()) as services:
-        yield services
-
-
-def annotate(services: Services, *labeled: tuple[int, int, str, str]) -> None:
-    """Post ANNOTATION_* events (annotation id, task id, label, updated_at) and fold them."""
-    with services.engine.begin() as conn:
-        for annotation_id, task_id, label, updated_at in labeled:
-            body = payloads.annotation_event(annotation_id, task_id, label, updated_at=updated_at)
-            events.append(conn, action=body["action"], project_id=1, body=json.dumps(body))
-    fold_all(services)
-
-
-def first_six(updated_at: str = "2026-11-29T10:00:00Z") -> list[tuple[int, int, str, str]]:
-    return [(100 + t, t, "red" if t % 2 else "blue", updated_at) for t in range(1, 7)]
 
 
 async def test_threshold_trains_and_pushes_one_prediction_per_unlabeled_task(
