@@ -138,7 +138,7 @@ def _save_project(services: Services, project_id: int, project: dict[str, Any]) 
 
 def _request_training(services: Services, project_id: int) -> tuple[int, bool]:
     with services.engine.begin() as conn:
-        return triggers.request_training(conn, project_id, "manual")
+        return triggers.request_training(conn, services.settings, project_id, "manual")
 
 
 def _not_found(project_id: int) -> JSONResponse:

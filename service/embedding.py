@@ -80,6 +80,32 @@ class Embedder:
             progress(report.cached + report.embedded + report.failed, len(tasks))
         return report
 
+    async def load_images(
+        self,
+        tasks: Sequence[Any],
+        image_key: str,
+        size: int,
+        progress: Callable[[int, int], None],
+    ) -> dict[int, torch.Tensor]:
+        """Preprocessed images by task id (fine-tuning needs pixels, not embeddings).
+        A task whose image fails is recorded with the reason and left out."""
+        semaphore = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)
+        images: dict[int, torch.Tensor] = {}
+        for start in range(0, len(tasks), CHUNK):
+            chunk = tasks[start : start + CHUNK]
+            fetched = await asyncio.gather(
+                *(self._fetch(task, image_key, semaphore) for task in chunk)
+            )
+            decoded = await asyncio.to_thread(_decode_all, fetched, size)
+            errors = {t.id: d for t, d in zip(chunk, decoded, strict=True) if isinstance(d, str)}
+            images.update(
+                {t.id: d for t, d in zip(chunk, decoded, strict=True) if not isinstance(d, str)}
+            )
+            if errors:
+                await self._db(_record_errors, errors)
+            progress(start + len(chunk), len(tasks))
+        return images
+
     async def _fetch(self, task: Any, image_key: str, semaphore: asyncio.Semaphore) -> bytes | str:
         """The image bytes, or the reason they could not be had."""
         uri = task.data.get(image_key) if isinstance(task.data, dict) else None
@@ -116,11 +142,11 @@ class Embedder:
             digest = hashes.get(task.id)
             if digest is None or digest in cached or digest in pending:
                 continue
-            assert isinstance(data, bytes)
-            try:
-                pending[digest] = preprocess(decode_image(data), spec.image_size)
-            except ImageError as exc:
-                errors[task.id] = f"not decodable: {exc.reason}"
+            image = _decode(data, spec.image_size)
+            if isinstance(image, str):
+                errors[task.id] = image
+            else:
+                pending[digest] = image
         new: dict[str, bytes] = {}
         if pending:
             backbone = self.backbone(spec, device)
@@ -150,6 +176,25 @@ class Embedder:
                 return fn(conn, *args)
 
         return await asyncio.to_thread(run)
+
+
+def _decode(data: bytes | str, size: int) -> torch.Tensor | str:
+    """A preprocessed image, or the reason there is none."""
+    if isinstance(data, str):
+        return data
+    try:
+        return preprocess(decode_image(data), size)
+    except ImageError as exc:
+        return f"not decodable: {exc.reason}"
+
+
+def _decode_all(fetched: Sequence[bytes | str], size: int) -> list[torch.Tensor | str]:
+    return [_decode(data, size) for data in fetched]
+
+
+def _record_errors(conn: Any, errors: dict[int, str]) -> None:
+    for task_id, error in errors.items():
+        labels.set_task_image(conn, task_id, image_hash=None, error=error)
 
 
 def _bytes(vector: torch.Tensor) -> bytes:

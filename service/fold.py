@@ -37,7 +37,7 @@ def fold_pending(conn: Connection, settings: Settings, limit: int = 500) -> Fold
     for event_id, action, body in batch:
         try:
             with conn.begin_nested():
-                _apply(conn, action, json.loads(body), result)
+                _apply(conn, settings, action, json.loads(body), result)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             logger.warning("event %d (%s) could not be folded: %r", event_id, action, exc)
     events.mark_folded(conn, [event_id for event_id, _, _ in batch])
@@ -79,7 +79,13 @@ def project_id_of(body: Mapping[str, Any]) -> int | None:
     return None
 
 
-def _apply(conn: Connection, action: str, body: Mapping[str, Any], result: FoldResult) -> None:
+def _apply(
+    conn: Connection,
+    settings: Settings,
+    action: str,
+    body: Mapping[str, Any],
+    result: FoldResult,
+) -> None:
     project_id = project_id_of(body)
     if project_id is None:
         logger.info("event %s has no project; kept in the log, not folded", action)
@@ -110,7 +116,7 @@ def _apply(conn: Connection, action: str, body: Mapping[str, Any], result: FoldR
     elif action == "TASKS_DELETED":
         labels.delete_tasks(conn, [int(t["id"]) for t in _as_list(body.get("tasks"))])
     elif action == "START_TRAINING":
-        job_id, _ = triggers.request_training(conn, project_id, "manual")
+        job_id, _ = triggers.request_training(conn, settings, project_id, "manual")
         result.queued_jobs.append(job_id)
     elif action != "PROJECT_UPDATED":
         logger.info("ignoring webhook action %s", action)

@@ -6,9 +6,14 @@ push:  a stored version's predictions for the unlabeled tasks -> project model_v
 """
 
 import asyncio
+import hashlib
+import io
 import logging
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +24,8 @@ from service.fold import project_row
 from service.predictions import push_predictions
 from service.promotion import Decision, decide
 from service.settings import TrainingSettings
-from service.vision.backbone import BackboneSpec
+from service.vision.backbone import BackboneSpec, resolve_device
+from service.vision.finetune import FinetuneResult, finetune
 from service.vision.head import Head, Metrics, TrainResult, evaluate, fold_of, train_head
 from storage import labels, models
 
@@ -46,12 +52,29 @@ class Snapshot:
         }
 
 
+@dataclass
+class Fitted:
+    """A trained model before it is stored: what predicts, and what it was trained on."""
+
+    spec: BackboneSpec  # the backbone whose embeddings `head` reads
+    head: Head
+    metrics: Metrics | None
+    task_ids: list[int]
+    x: torch.Tensor | None  # the labeled embeddings under `spec` (head mode), for the gate
+    labels: list[str]
+    vectors: dict[int, torch.Tensor]  # task id -> embedding under `spec`, as far as known
+    attempted: set[int]  # tasks this job already tried to embed (failed ones are not retried)
+    backbone_weights: bytes | None = None  # finetune mode: the network without its fc
+
+
 class Pipeline:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.embedder = Embedder(services)
 
-    async def train(self, project_id: int, job_id: int, progress: dict[str, Any]) -> Outcome:
+    async def train(
+        self, project_id: int, job_id: int, kind: str, progress: dict[str, Any]
+    ) -> Outcome:
         settings = self.services.settings.training_for(project_id)
         snapshot = await self._snapshot(project_id, progress)
         if snapshot.project.unsupported_reason:
@@ -61,21 +84,16 @@ class Pipeline:
             return Outcome("skipped", error="need labels of at least two classes to train")
 
         spec = BackboneSpec(settings.architecture, settings.weights, settings.image_size)
-        report = await self._embed(snapshot, snapshot.tasks, spec, settings, progress)
-        train_ids = [tid for tid in snapshot.labeled if tid in report.vectors]
-        if len({snapshot.labeled[tid] for tid in train_ids}) < 2:
+        if kind == "finetune":
+            fitted = await self._finetune(snapshot, spec, settings, progress)
+        else:
+            fitted = await self._fit_head(snapshot, spec, settings, progress)
+        if fitted is None:
             return Outcome("skipped", error="fewer than two classes have a readable image")
-
-        progress["stage"] = "training"
-        x = torch.stack([report.vectors[tid] for tid in train_ids])
-        y = [snapshot.labeled[tid] for tid in train_ids]
-        result: TrainResult = await asyncio.to_thread(train_head, x, y, train_ids)
-        version, decision = await self._db(
-            _register, project_id, job_id, spec, settings, result, train_ids, x, y
-        )
-        logger.info("project %d: %s on %d labels: %s", project_id, version, len(y), decision.reason)
+        version, decision = await self._db(_register, project_id, job_id, settings, fitted)
+        logger.info("project %d: %s (%s): %s", project_id, version, kind, decision.reason)
         if decision.promote:
-            await self._push(snapshot, version, result.head, report, progress)
+            await self._push(snapshot, version, fitted, settings, progress)
         progress["stage"] = "done"
         return Outcome("succeeded", model_version=version, note=decision.reason)
 
@@ -85,16 +103,67 @@ class Pipeline:
         if row is None:
             return Outcome("failed", error=f"no version {version!r} in project {project_id}")
         stored = row.settings
-        spec = BackboneSpec(stored["architecture"], stored["weights"], stored["image_size"])
+        weights = stored["weights"]
+        if row.backbone_weights is not None:
+            weights = str(materialize_weights(row.backbone_weights))
+        spec = BackboneSpec(stored["architecture"], weights, stored["image_size"])
         settings = self.services.settings.training_for(project_id)
         snapshot = await self._snapshot(project_id, progress)
         if snapshot.project.unsupported_reason:
             return Outcome("skipped", error=f"unsupported: {snapshot.project.unsupported_reason}")
-        unlabeled = [t for t in snapshot.tasks if t.id not in snapshot.labeled]
-        report = await self._embed(snapshot, unlabeled, spec, settings, progress)
-        await self._push(snapshot, version, Head.from_bytes(row.head), report, progress)
+        stored_model = Fitted(spec, Head.from_bytes(row.head), None, [], None, [], {}, set())
+        await self._push(snapshot, version, stored_model, settings, progress)
         progress["stage"] = "done"
         return Outcome("succeeded", model_version=version)
+
+    async def _fit_head(
+        self,
+        snapshot: Snapshot,
+        spec: BackboneSpec,
+        settings: TrainingSettings,
+        progress: dict[str, Any],
+    ) -> Fitted | None:
+        """A classifier on cached embeddings; every task is embedded (for the push too)."""
+        report = await self._embed(snapshot.tasks, snapshot, spec, settings, progress)
+        ids = [tid for tid in snapshot.labeled if tid in report.vectors]
+        y = [snapshot.labeled[tid] for tid in ids]
+        if len(set(y)) < 2:
+            return None
+        progress["stage"] = "training"
+        x = torch.stack([report.vectors[tid] for tid in ids])
+        result: TrainResult = await asyncio.to_thread(train_head, x, y, ids)
+        attempted = {t.id for t in snapshot.tasks}
+        return Fitted(spec, result.head, result.metrics, ids, x, y, report.vectors, attempted)
+
+    async def _finetune(
+        self,
+        snapshot: Snapshot,
+        spec: BackboneSpec,
+        settings: TrainingSettings,
+        progress: dict[str, Any],
+    ) -> Fitted | None:
+        """The whole network on the labeled images; unlabeled ones are embedded after."""
+        labeled = [t for t in snapshot.tasks if t.id in snapshot.labeled]
+        images = await self.embedder.load_images(
+            labeled, snapshot.project.image_key, spec.image_size, _stage(progress, "loading images")
+        )
+        ids = [tid for tid in snapshot.labeled if tid in images]
+        y = [snapshot.labeled[tid] for tid in ids]
+        if len(set(y)) < 2:
+            return None
+        result: FinetuneResult = await asyncio.to_thread(
+            finetune,
+            spec,
+            [images[tid] for tid in ids],
+            y,
+            ids,
+            device=resolve_device(settings.device),
+            epochs=settings.finetune_epochs,
+            progress=_stage(progress, "fine-tuning epoch"),
+        )
+        blob = _state_bytes(result.backbone)
+        tuned = BackboneSpec(spec.architecture, str(materialize_weights(blob)), spec.image_size)
+        return Fitted(tuned, result.head, result.metrics, ids, None, y, {}, set(), blob)
 
     async def _snapshot(self, project_id: int, progress: dict[str, Any]) -> Snapshot:
         """Refresh the project's config and task list from Label Studio, then read the labels.
@@ -112,8 +181,8 @@ class Pipeline:
 
     async def _embed(
         self,
-        snapshot: Snapshot,
         tasks: list[Any],
+        snapshot: Snapshot,
         spec: BackboneSpec,
         settings: TrainingSettings,
         progress: dict[str, Any],
@@ -133,16 +202,23 @@ class Pipeline:
         self,
         snapshot: Snapshot,
         version: str,
-        head: Head,
-        report: EmbedReport,
+        model: Fitted,
+        settings: TrainingSettings,
         progress: dict[str, Any],
     ) -> None:
+        """Predict every unlabeled task (embedding what is not known yet) and push."""
+        unlabeled = [t for t in snapshot.tasks if t.id not in snapshot.labeled]
+        vectors = model.vectors
+        missing = [t for t in unlabeled if t.id not in vectors and t.id not in model.attempted]
+        if missing:
+            report = await self._embed(missing, snapshot, model.spec, settings, progress)
+            vectors = {**vectors, **report.vectors}
         progress["pushed"] = await push_predictions(
             self.services.label_studio,
             snapshot.project.id,
             version,
-            head,
-            snapshot.unlabeled(report.vectors),
+            model.head,
+            {t.id: vectors[t.id] for t in unlabeled if t.id in vectors},
             from_name=snapshot.project.from_name,
             to_name=snapshot.project.to_name,
             progress=_stage(progress, "pushing"),
@@ -173,24 +249,16 @@ def _sync_and_read(
 
 
 def _register(
-    conn: Any,
-    project_id: int,
-    job_id: int,
-    spec: BackboneSpec,
-    settings: TrainingSettings,
-    result: TrainResult,
-    task_ids: list[int],
-    x: torch.Tensor,
-    y: list[str],
+    conn: Any, project_id: int, job_id: int, settings: TrainingSettings, fitted: Fitted
 ) -> tuple[str, Decision]:
     """Store the version and, if the gate agrees, activate it: one transaction, so a crash
     leaves the previous version active and no half-written one."""
     active = models.active(conn, project_id)
     decision = decide(
-        result.metrics,
-        result.head.labels,
+        fitted.metrics,
+        fitted.head.labels,
         active,
-        _active_on_same_tasks(active, spec, result.metrics, task_ids, x, y),
+        _active_on_same_tasks(active, fitted),
         settings.promotion_margin,
     )
     version = models.next_version(conn, project_id)
@@ -200,17 +268,19 @@ def _register(
         version,
         {
             "job_id": job_id,
-            "backbone": spec.identity(),
-            "labels": list(result.head.labels),
-            "trained_on": len(task_ids),
-            "metrics": None if result.metrics is None else result.metrics.to_dict(),
-            "head": result.head.to_bytes(),
+            "backbone": fitted.spec.identity(),
+            "labels": list(fitted.head.labels),
+            "trained_on": len(fitted.task_ids),
+            "metrics": None if fitted.metrics is None else fitted.metrics.to_dict(),
+            "head": fitted.head.to_bytes(),
+            "backbone_weights": fitted.backbone_weights,
             "promotion": decision.reason,
             "settings": {
-                "architecture": spec.architecture,
-                "weights": spec.weights,
-                "image_size": spec.image_size,
-                "mode": settings.mode,
+                "architecture": settings.architecture,
+                "weights": "finetuned" if fitted.backbone_weights else settings.weights,
+                "base_weights": settings.weights,
+                "image_size": settings.image_size,
+                "mode": "finetune" if fitted.backbone_weights else "head",
             },
         },
     )
@@ -219,24 +289,40 @@ def _register(
     return version, decision
 
 
-def _active_on_same_tasks(
-    active: Any,
-    spec: BackboneSpec,
-    metrics: Metrics | None,
-    task_ids: list[int],
-    x: torch.Tensor,
-    y: list[str],
-) -> Metrics | None:
-    """The active head's metrics on the new version's held-out tasks, when comparable."""
-    if active is None or metrics is None or metrics.scheme != "holdout":
+def _active_on_same_tasks(active: Any, fitted: Fitted) -> Metrics | None:
+    """The active head's metrics on the new version's held-out tasks, when comparable:
+    same backbone (so the cached embeddings are its inputs) and the same classes."""
+    metrics = fitted.metrics
+    if active is None or metrics is None or metrics.scheme != "holdout" or fitted.x is None:
         return None
-    if active.backbone != spec.identity() or sorted(active.labels) != sorted(set(y)):
+    if active.backbone != fitted.spec.identity():
         return None
-    held = [i for i, tid in enumerate(task_ids) if fold_of(tid) == 0]
+    if sorted(active.labels) != sorted(set(fitted.labels)):
+        return None
+    held = [i for i, tid in enumerate(fitted.task_ids) if fold_of(tid) == 0]
     if not held:
         return None
     head = Head.from_bytes(active.head)
-    return evaluate(head, x[held], [y[i] for i in held])
+    return evaluate(head, fitted.x[held], [fitted.labels[i] for i in held])
+
+
+def materialize_weights(blob: bytes) -> Path:
+    """A fine-tuned backbone as a file the backbone loader reads, named by its content, so
+    every process computes the same identity (and embedding cache key) for it."""
+    folder = Path(tempfile.gettempdir()) / "labelloop-weights"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(blob).hexdigest()[:32]}.pt"
+    if not path.exists():
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_bytes(blob)
+        os.replace(partial, path)  # atomic: readers never see half a file
+    return path
+
+
+def _state_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 def _stage(progress: dict[str, Any], stage: str) -> Callable[[int, int], None]:

@@ -57,6 +57,9 @@ class TrainingSettings:
     threshold: int = 50
     schedule: str = ""
     mode: str = "head"
+    # The mode of scheduled runs; empty = `mode`. E.g. head on threshold, finetune nightly.
+    schedule_mode: str = ""
+    finetune_epochs: int = 10
     architecture: str = "resnet18"
     weights: str = "imagenet"
     device: str = "auto"
@@ -211,8 +214,10 @@ def _validate_training(name: str, training: TrainingSettings) -> None:
         raise SettingsError(f"{name}.threshold: must be at least 1")
     if training.mode not in MODES:
         raise SettingsError(f"{name}.mode: expected one of {', '.join(MODES)}")
-    if training.mode == "finetune":
-        raise SettingsError(f'{name}.mode: "finetune" is not available yet; use "head"')
+    if training.schedule_mode and training.schedule_mode not in MODES:
+        raise SettingsError(f"{name}.schedule_mode: expected one of {', '.join(MODES)} or empty")
+    if not 1 <= training.finetune_epochs <= 1000:
+        raise SettingsError(f"{name}.finetune_epochs: must be between 1 and 1000")
     if training.architecture not in ARCHITECTURES:
         raise SettingsError(f"{name}.architecture: expected one of {', '.join(ARCHITECTURES)}")
     if not training.weights:

@@ -10,8 +10,15 @@ from collections.abc import Iterable
 
 from sqlalchemy.engine import Connection
 
-from service.settings import Settings
+from service.settings import Settings, TrainingSettings
 from storage import jobs, labels
+
+
+def training_kind(settings: TrainingSettings, *, scheduled: bool = False) -> str:
+    """The job kind of a training: "finetune" or "train" (a head on cached embeddings)."""
+    mode = (settings.schedule_mode or settings.mode) if scheduled else settings.mode
+    return "finetune" if mode == "finetune" else "train"
+
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +33,8 @@ def check_threshold(conn: Connection, settings: Settings, project_ids: Iterable[
         threshold = settings.training_for(project_id).threshold
         changes = jobs.changes_since_last_job(conn, project_id)
         if changes >= threshold:
-            job_id, created = jobs.enqueue(conn, project_id, "threshold")
+            kind = training_kind(settings.training_for(project_id))
+            job_id, created = jobs.enqueue(conn, project_id, "threshold", kind=kind)
             if created:
                 logger.info(
                     "project %d: %d changes >= threshold %d, queued job %d",
@@ -46,12 +54,16 @@ def run_schedule(conn: Connection, settings: Settings, schedule: str) -> list[in
         if project.unsupported_reason or settings.training_for(project.id).schedule != schedule:
             continue
         if jobs.changes_since_last_job(conn, project.id) > 0:
-            job_id, created = jobs.enqueue(conn, project.id, "schedule")
+            kind = training_kind(settings.training_for(project.id), scheduled=True)
+            job_id, created = jobs.enqueue(conn, project.id, "schedule", kind=kind)
             if created:
                 queued.append(job_id)
     return queued
 
 
-def request_training(conn: Connection, project_id: int, reason: str) -> tuple[int, bool]:
+def request_training(
+    conn: Connection, settings: Settings, project_id: int, reason: str
+) -> tuple[int, bool]:
     """A person asked (curl, CLI, "Start training"): always queue, or join the queued job."""
-    return jobs.enqueue(conn, project_id, reason)
+    kind = training_kind(settings.training_for(project_id))
+    return jobs.enqueue(conn, project_id, reason, kind=kind)

@@ -63,7 +63,7 @@ class Worker:
             if job.kind == "push":
                 outcome = await self.pipeline.push(job.project_id, job.model_version, progress)
             else:
-                outcome = await self.pipeline.train(job.project_id, job.id, progress)
+                outcome = await self.pipeline.train(job.project_id, job.id, job.kind, progress)
         except Exception as exc:
             logger.exception("job %d failed", job.id)
             outcome = Outcome("failed", error=f"{type(exc).__name__}: {exc}")

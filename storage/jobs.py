@@ -17,7 +17,8 @@ from storage.db import for_update, utcnow
 from storage.tables import jobs, projects
 
 REASONS = ("threshold", "schedule", "manual")
-KINDS = ("train", "push")
+TRAININGS = ("train", "finetune")
+KINDS = (*TRAININGS, "push")
 FINISHED = ("succeeded", "failed", "skipped")
 
 
@@ -152,7 +153,7 @@ def recover_stale(
 def changes_since_last_job(conn: Connection, project_id: int) -> int:
     """Annotation changes not yet seen by any started training (what the threshold counts)."""
     mark = sa.select(sa.func.max(jobs.c.change_mark)).where(
-        jobs.c.project_id == project_id, jobs.c.kind == "train"
+        jobs.c.project_id == project_id, jobs.c.kind.in_(TRAININGS)
     )
     stmt = sa.select(projects.c.changes - sa.func.coalesce(mark.scalar_subquery(), 0)).where(
         projects.c.id == project_id

@@ -91,7 +91,8 @@ jobs = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("kind", sa.String(16), nullable=False, server_default="train"),  # train | push
+    # train (head) | finetune | push
+    sa.Column("kind", sa.String(16), nullable=False, server_default="train"),
     sa.Column("reason", sa.String(16), nullable=False),  # threshold | schedule | manual
     sa.Column("status", sa.String(16), nullable=False),  # queued|running|succeeded|failed|skipped
     sa.Column("created_at", UTC_TIME, nullable=False),
@@ -150,6 +151,8 @@ model_versions = sa.Table(
     sa.Column("trained_on", sa.Integer, nullable=False),
     sa.Column("metrics", sa.JSON),
     sa.Column("head", sa.LargeBinary, nullable=False),
+    # finetune versions: the fine-tuned ResNet without its classifier (torch.save state dict)
+    sa.Column("backbone_weights", sa.LargeBinary),
     sa.Column("settings", sa.JSON, nullable=False),
     sa.Column("active", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("promotion", sa.Text),  # why the gate promoted it, or kept it inactive

@@ -111,6 +111,7 @@ def upgrade() -> None:
         sa.Column("trained_on", sa.Integer(), nullable=False),
         sa.Column("metrics", sa.JSON(), nullable=True),
         sa.Column("head", sa.LargeBinary(), nullable=False),
+        sa.Column("backbone_weights", sa.LargeBinary(), nullable=True),
         sa.Column("settings", sa.JSON(), nullable=False),
         sa.Column("active", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("promotion", sa.Text(), nullable=True),
