@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from service import control
+from service.catchup import catch_up_all
 from service.context import open_services
 from service.folder import run_folder
 from service.schedules import start_scheduler
@@ -39,6 +40,9 @@ def create_app(
             tasks = [
                 asyncio.create_task(services.event_writer.run(), name="event-writer"),
                 asyncio.create_task(run_folder(services), name="folder"),
+                # What webhooks missed while labelloop was down; in the background, so the
+                # webhook answers from the first second.
+                asyncio.create_task(catch_up_all(services), name="catch-up"),
             ]
             if run_worker:
                 from service.worker import Worker  # torch loads here, never on the ingest path

@@ -292,12 +292,19 @@ class LabelStudio:
         return await self._api_dict("GET", f"/api/projects/{project_id}/")
 
     async def iter_tasks(
-        self, project_id: int, *, page_size: int = 100
+        self, project_id: int, *, page_size: int = 100, with_annotations: bool = False
     ) -> AsyncIterator[dict[str, Any]]:
-        """Every task of the project (id, data and counts; no annotations or predictions)."""
+        """Every task of the project: id, data and counts, plus its annotations (and
+        predictions) with ``with_annotations`` (Label Studio's ``fields=all``)."""
         page, seen = 1, 0
         while True:
-            params = {"project": project_id, "page": page, "page_size": page_size}
+            params: dict[str, str | int] = {
+                "project": project_id,
+                "page": page,
+                "page_size": page_size,
+            }
+            if with_annotations:
+                params["fields"] = "all"
             try:
                 data = await self._api_dict("GET", "/api/tasks/", params=params)
             except LabelStudioHTTPError as exc:

@@ -7,12 +7,14 @@ A timer firing queues a job only for projects that changed since their last job;
 
 import asyncio
 import logging
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from service import triggers
+from service.catchup import catch_up_all
 from service.context import Services
 from service.settings import parse_schedule
 
@@ -24,26 +26,32 @@ def start_scheduler(services: Services) -> AsyncIOScheduler:
     settings = services.settings
     schedules = {settings.training.schedule} | {t.schedule for t in settings.projects.values()}
     for schedule in sorted(s for s in schedules if s):
-        parsed = parse_schedule(schedule)
-        assert parsed is not None
-        kind, value = parsed
-        trigger = (
-            IntervalTrigger(seconds=int(value))
-            if kind == "interval"
-            else CronTrigger.from_crontab(str(value), timezone="UTC")
-        )
-        scheduler.add_job(
-            _fire,
-            trigger,
-            args=[services, schedule],
-            id=f"schedule:{schedule}",
-            coalesce=True,
-            max_instances=1,
-            misfire_grace_time=60,
-        )
+        _add(scheduler, f"schedule:{schedule}", schedule, _fire, services, schedule)
         logger.info("retraining on schedule %r", schedule)
+    if settings.label_studio.catch_up:
+        _add(scheduler, "catch-up", settings.label_studio.catch_up, catch_up_all, services)
     scheduler.start()
     return scheduler
+
+
+def _add(scheduler: AsyncIOScheduler, job_id: str, schedule: str, fn: Any, *args: Any) -> None:
+    parsed = parse_schedule(schedule)
+    assert parsed is not None, "settings validated the schedule"
+    kind, value = parsed
+    trigger = (
+        IntervalTrigger(seconds=int(value))
+        if kind == "interval"
+        else CronTrigger.from_crontab(str(value), timezone="UTC")
+    )
+    scheduler.add_job(
+        fn,
+        trigger,
+        args=list(args),
+        id=job_id,
+        coalesce=True,
+        max_instances=1,
+        misfire_grace_time=60,
+    )
 
 
 async def _fire(services: Services, schedule: str) -> None:

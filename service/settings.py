@@ -43,6 +43,8 @@ class DatabaseSettings:
 class LabelStudioSettings:
     url: str = "http://localhost:8080"
     api_key: str = field(default="", repr=False)
+    # How often to fold in what webhooks missed (also done at start); empty = only at start.
+    catch_up: str = "10m"
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,10 @@ def _build(raw: dict[str, Any]) -> Settings:
         _validate_training("training" if pid is None else f"projects.{pid}", project_training)
     if not 0 < sections["server"].port < 65536:
         raise SettingsError("server.port: must be between 1 and 65535")
+    try:
+        parse_schedule(sections["label_studio"].catch_up)
+    except ValueError as exc:
+        raise SettingsError(f"label_studio.catch_up: {exc}") from None
     if not sections["database"].url:
         raise SettingsError("database.url: must not be empty")
     return Settings(**sections, projects=projects)

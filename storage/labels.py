@@ -112,6 +112,14 @@ def delete_annotation(conn: Connection, annotation_id: int, project_id: int) -> 
     return changed
 
 
+def annotation_states(conn: Connection, project_id: int) -> dict[int, tuple[str, bool]]:
+    """annotation id -> (updated_at, deleted) for every annotation the log has folded."""
+    stmt = sa.select(annotations.c.id, annotations.c.updated_at, annotations.c.deleted).where(
+        annotations.c.project_id == project_id
+    )
+    return {row.id: (row.updated_at, row.deleted) for row in conn.execute(stmt)}
+
+
 def count_annotations(conn: Connection, project_id: int) -> int:
     """Current, non-deleted, non-skipped annotations of a project."""
     stmt = sa.select(sa.func.count()).where(
@@ -160,6 +168,11 @@ def _count_change(conn: Connection, project_id: int) -> None:
     conn.execute(
         projects.update().where(projects.c.id == project_id).values(changes=projects.c.changes + 1)
     )
+
+
+def is_newer(candidate: str, stored: str) -> bool:
+    """Whether Label Studio timestamp ``candidate`` is later than ``stored``."""
+    return _newer(candidate, stored)
 
 
 def _newer(candidate: str, stored: str) -> bool:

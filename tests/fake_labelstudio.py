@@ -43,6 +43,7 @@ class FakeLabelStudio:
     tasks: dict[int, dict[str, Any]] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
     predictions: list[dict[str, Any]] = field(default_factory=list)
+    annotations: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # by task id
     model_version: str = ""
     downloads: int = 0
     fail_imports: int = 0  # answer this many prediction imports with 503 after storing them
@@ -73,7 +74,13 @@ class FakeLabelStudio:
             self.model_version = version
             return httpx.Response(200, json={"id": self.project_id, "model_version": version})
         if path == "/api/tasks/":
-            return self._tasks_page(int(params["page"]), int(params["page_size"]))
+            page = self._tasks_page(int(params["page"]), int(params["page_size"]))
+            if params.get("fields") == "all" and page.status_code == 200:
+                body = json.loads(page.content)
+                for task in body["tasks"]:
+                    task["annotations"] = self.annotations.get(task["id"], [])
+                return httpx.Response(200, json=body)
+            return page
         if path.startswith("/data/upload/"):
             self.downloads += 1
             if path not in self.files:

@@ -68,7 +68,7 @@ async def test_scheduler_has_one_timer_per_distinct_schedule(scheduled: Services
     scheduler = start_scheduler(scheduled)
     try:
         ids = sorted(job.id for job in scheduler.get_jobs())
-        assert ids == ["schedule:0 3 * * *", "schedule:15m"]
+        assert ids == ["catch-up", "schedule:0 3 * * *", "schedule:15m"]
     finally:
         scheduler.shutdown(wait=False)
 

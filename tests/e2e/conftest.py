@@ -301,6 +301,19 @@ class LabelStudio:
         _check(r, 201)
         return dict(r.json())
 
+    def relabel(
+        self, annotation_id: int, choice: str, from_name: str = "label", to_name: str = "image"
+    ) -> dict:
+        r = self.client.patch(
+            f"/api/annotations/{annotation_id}/",
+            json={"result": choices_result(choice, from_name, to_name)},
+        )
+        _check(r, 200)
+        return dict(r.json())
+
+    def delete_annotation(self, annotation_id: int) -> None:
+        _check(self.client.delete(f"/api/annotations/{annotation_id}/"), 204)
+
     def predictions(self, project_id: int) -> list[dict]:
         r = self.client.get("/api/predictions/", params={"project": project_id})
         _check(r, 200)
@@ -607,6 +620,28 @@ class Labelloop:
     def log_tail(self, lines: int = 60) -> str:
         return log_tail(self.log_path, lines)
 
+    def launch(self) -> None:
+        """Start `labelloop serve` with this handle's settings and wait until it is healthy."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(self.exe), "serve", "--config", str(self.config_path)],
+                cwd=self.config_path.parent,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _RUNNING_LOGS[self.name] = self.log_path
+        _wait_for_health(self)
+
+    def stop(self) -> None:
+        """Stop the service (SIGTERM, then SIGKILL); `launch()` starts it again on the same
+        database and port."""
+        if self.proc is not None and self.proc.poll() is None:
+            stop_process_group(self.proc, grace=15.0)
+        _RUNNING_LOGS.pop(self.name, None)
+
     def _project(self, project_id: int | None) -> int:
         pid = self.project_id if project_id is None else project_id
         if pid is None:
@@ -680,28 +715,15 @@ def labelloop_serve(
                     f"labelloop migrate -> rc {done.returncode}\n{done.stdout}\n{done.stderr}",
                     pytrace=False,
                 )
-        with open(ll.log_path, "wb") as log:
-            ll.proc = subprocess.Popen(
-                [str(ll.exe), "serve", "--config", str(config_path)],
-                cwd=home,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
         started.append(ll)
-        _RUNNING_LOGS[ll.name] = ll.log_path
-        _wait_for_health(ll)
+        ll.launch()
         return ll
 
     try:
         yield start
     finally:
         for ll in started:
-            assert ll.proc is not None
-            stop_process_group(ll.proc, grace=15.0)
-            _RUNNING_LOGS.pop(ll.name, None)
+            ll.stop()
         for client in opened:
             client.close()
 
