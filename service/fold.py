@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from service import triggers
 from service.labelconfig import ImageClassification, parse_label_config
 from service.settings import Settings
-from storage import events, labels
+from storage import events, jobs, labels, models
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +113,14 @@ def _apply(
                 result.projects.add(project_id)
     elif action == "TASKS_CREATED":
         _save_tasks(conn, project_id, _as_list(body.get("tasks")))
+        # Imported images get the active model's predictions now, without a retrain.
+        active = models.active(conn, project_id)
+        if active is not None:
+            job_id, created = jobs.enqueue(
+                conn, project_id, "new-tasks", kind="push", model_version=active.version
+            )
+            if created:
+                result.queued_jobs.append(job_id)
     elif action == "TASKS_DELETED":
         labels.delete_tasks(conn, [int(t["id"]) for t in _as_list(body.get("tasks"))])
     elif action == "START_TRAINING":

@@ -55,6 +55,15 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
+class WorkerSettings:
+    # A running job whose heartbeat is older than this is taken to be orphaned (its process
+    # died) and is requeued; heartbeats are sent at a third of it.
+    stale_after: int = 60
+    # A job orphaned this many times fails, with the error kept.
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
 class TrainingSettings:
     threshold: int = 50
     schedule: str = ""
@@ -76,6 +85,7 @@ class Settings:
     database: DatabaseSettings = DatabaseSettings()
     label_studio: LabelStudioSettings = LabelStudioSettings()
     webhook: WebhookSettings = WebhookSettings()
+    worker: WorkerSettings = WorkerSettings()
     training: TrainingSettings = TrainingSettings()
     # Per-project overrides of [training], keyed by Label Studio project id.
     projects: Mapping[int, TrainingSettings] = field(default_factory=dict)
@@ -89,6 +99,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "database": DatabaseSettings,
     "label_studio": LabelStudioSettings,
     "webhook": WebhookSettings,
+    "worker": WorkerSettings,
     "training": TrainingSettings,
 }
 
@@ -169,6 +180,10 @@ def _build(raw: dict[str, Any]) -> Settings:
         parse_schedule(sections["label_studio"].catch_up)
     except ValueError as exc:
         raise SettingsError(f"label_studio.catch_up: {exc}") from None
+    if not 3 <= sections["worker"].stale_after <= 86400:
+        raise SettingsError("worker.stale_after: must be between 3 and 86400 seconds")
+    if not 1 <= sections["worker"].max_attempts <= 100:
+        raise SettingsError("worker.max_attempts: must be between 1 and 100")
     if not sections["database"].url:
         raise SettingsError("database.url: must not be empty")
     return Settings(**sections, projects=projects)

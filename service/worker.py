@@ -18,14 +18,13 @@ from storage import jobs
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 5.0
-STALE_AFTER = timedelta(seconds=60)
-
 
 class Worker:
     def __init__(self, services: Services, *, poll_interval: float = 2.0) -> None:
         self.services = services
         self.poll_interval = poll_interval
+        self.stale_after = timedelta(seconds=services.settings.worker.stale_after)
+        self.heartbeat_seconds = services.settings.worker.stale_after / 3
         self.pipeline = Pipeline(services)
         # Leave a core to ingest: the webhook answers while training runs.
         torch.set_num_threads(max(1, (torch.get_num_threads() or 1) - 1))
@@ -77,7 +76,13 @@ class Worker:
 
     def _claim(self) -> Any:
         with self.services.engine.begin() as conn:
-            jobs.recover_stale(conn, timeout=STALE_AFTER)
+            recovered = jobs.recover_stale(
+                conn,
+                timeout=self.stale_after,
+                max_attempts=self.services.settings.worker.max_attempts,
+            )
+            if recovered:
+                logger.warning("jobs %s were orphaned by a dead worker; recovered", recovered)
         with self.services.engine.begin() as conn:
             return jobs.claim(conn)
 
@@ -95,7 +100,7 @@ class Worker:
 
     async def _heartbeat(self, job_id: int, progress: dict[str, Any]) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await asyncio.sleep(self.heartbeat_seconds)
 
             def beat() -> None:
                 with self.services.engine.begin() as conn:

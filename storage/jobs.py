@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Row
 from storage.db import for_update, utcnow
 from storage.tables import jobs, projects
 
-REASONS = ("threshold", "schedule", "manual")
+REASONS = ("threshold", "schedule", "manual", "new-tasks")
 TRAININGS = ("train", "finetune")
 KINDS = (*TRAININGS, "push")
 FINISHED = ("succeeded", "failed", "skipped")

@@ -1,14 +1,18 @@
 """The worker runs the whole pipeline against a fake Label Studio, on real images and torch."""
 
+import json
+
 import pytest
 import torch
 
 from service.context import Services
+from service.folder import fold_all
 from service.predictions import push_predictions
 from service.vision.head import Head
 from service.worker import Worker
-from storage import jobs, labels, models
-from tests.fake_labelstudio import FakeLabelStudio, annotate, first_six
+from storage import events, jobs, labels, models
+from tests import payloads
+from tests.fake_labelstudio import RED, FakeLabelStudio, annotate, color_image, first_six
 
 pytestmark = pytest.mark.anyio
 
@@ -100,3 +104,28 @@ async def test_one_class_only_is_skipped_with_reason(services: Services) -> None
         job = jobs.recent(conn, 1)[0]
     assert job.status == "skipped"
     assert "two classes" in job.error
+
+
+async def test_new_tasks_get_the_active_models_predictions_without_a_retrain(
+    services: Services, fake: FakeLabelStudio
+) -> None:
+    annotate(services, *first_six())
+    worker = Worker(services)
+    await worker.run_until_idle()
+    for task_id in (13, 14):
+        fake.add_task(task_id, color_image(RED, seed=task_id))
+    body = {
+        "action": "TASKS_CREATED",
+        "project": payloads.project(),
+        "tasks": [fake.tasks[13], fake.tasks[14]],
+    }
+    with services.engine.begin() as conn:
+        events.append(conn, action="TASKS_CREATED", project_id=1, body=json.dumps(body))
+    assert len(fold_all(services).queued_jobs) == 1
+    assert await worker.run_until_idle() == 1
+    with services.engine.begin() as conn:
+        job = jobs.recent(conn, 1)[0]
+        assert len(models.listing(conn, 1)) == 1  # no new version
+    assert (job.kind, job.reason, job.status) == ("push", "new-tasks", "succeeded")
+    tasks = sorted(p["task"] for p in fake.predictions)
+    assert tasks == [7, 8, 9, 10, 13, 14]
