@@ -14,10 +14,15 @@ from service.fold import FoldResult, fold_pending
 logger = logging.getLogger(__name__)
 
 
+# Events folded per transaction. The folder holds the in-process write lock meanwhile, so a
+# small batch bounds how long a webhook's commit can wait behind it.
+FOLD_BATCH = 50
+
+
 def fold_batch(services: Services) -> FoldResult:
     """Fold one batch of unfolded events in one transaction."""
     with services.engine.begin() as conn:
-        return fold_pending(conn, services.settings)
+        return fold_pending(conn, services.settings, limit=FOLD_BATCH)
 
 
 def fold_all(services: Services) -> FoldResult:
