@@ -13,7 +13,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from service import control
+from service import control, mlbackend
 from service.catchup import catch_up_all
 from service.context import open_services
 from service.folder import run_folder
@@ -70,6 +70,11 @@ def create_app(
             control.activate,
             methods=["POST"],
         ),
+    ]
+    routes += [  # Label Studio's ML-backend protocol (GET /health is shared)
+        Route("/setup", mlbackend.setup, methods=["POST"]),
+        Route("/predict", mlbackend.predict, methods=["POST"]),
+        Route("/train", mlbackend.train, methods=["POST"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

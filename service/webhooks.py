@@ -26,7 +26,7 @@ class BodyTooLarge(Exception):
 async def webhook(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
     settings = services.settings.webhook
-    if not webhook_allowed(request, settings.secret):
+    if not webhook_allowed(request, settings.secret, services.settings.server.api_token):
         return _error(401, "missing or wrong X-Labelloop-Secret header")
     try:
         raw = await _read_body(request, settings.max_body_bytes)

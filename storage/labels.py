@@ -145,6 +145,10 @@ def training_labels(conn: Connection, project_id: int) -> dict[int, str]:
     return {row.task_id: row.label for row in conn.execute(stmt)}
 
 
+def get_task(conn: Connection, task_id: int) -> Row[Any] | None:
+    return conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
+
+
 def project_tasks(conn: Connection, project_id: int) -> Sequence[Row[Any]]:
     stmt = (
         sa.select(tasks)
