@@ -457,3 +457,23 @@ def test_few_labels_are_cross_validated_on_stable_folds() -> None:
     # Fold 0 is exactly the held-out fifth, and a task's fold never depends on the others.
     assert [fold_of(t) == 0 for t in ids] == holdout_mask(ids, 0.2)
     assert [fold_of(t) for t in ids[:10]] == [fold_of(t) for t in range(1000, 1010)]
+
+
+def test_temperature_calibrates_confidence_without_changing_predictions() -> None:
+    # Overlapping clusters: a head fitted on them is too sure of itself on new points.
+    x, labels = clusters(per_class=60)
+    x = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(1)) * 6.0
+    result = train_head(x, labels, list(range(len(labels))))
+    head = result.head
+    assert result.metrics is not None and result.metrics.scheme == "holdout"
+    held = [i for i, out in enumerate(holdout_mask(list(range(len(labels))))) if out]
+    index = {label: c for c, label in enumerate(head.labels)}
+    y = torch.tensor([index[labels[i]] for i in held])
+    calibrated = head.predict_proba(x[held])
+    temperature = float(head.temperature)
+    head.temperature.fill_(1.0)
+    raw = head.predict_proba(x[held])
+    assert temperature != 1.0
+    assert torch.equal(calibrated.argmax(dim=1), raw.argmax(dim=1))
+    nll = torch.nn.functional.nll_loss
+    assert nll(calibrated.log(), y) <= nll(raw.log(), y) + 1e-6

@@ -15,7 +15,7 @@ from torch.nn import functional
 from torchvision.transforms import v2
 
 from service.vision.backbone import BackboneSpec, build_resnet
-from service.vision.head import Head, Metrics, compute_metrics, holdout_mask
+from service.vision.head import Head, Metrics, compute_metrics, fit_temperature, holdout_mask
 
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
@@ -64,13 +64,15 @@ def finetune(
         _train(model, x[kept], y[kept], len(classes), device, epochs, batch_size, progress)
 
     model.eval()
-    metrics = None
-    if held:
-        predicted = _predict(model, x[held], device, batch_size)
-        metrics = compute_metrics(y[held].tolist(), predicted, classes, n_train=len(kept))
     fc: nn.Linear = model.fc  # type: ignore[assignment]
     head = Head(classes, fc.in_features)
     head.linear.load_state_dict({k: v.cpu() for k, v in fc.state_dict().items()})
+    metrics = None
+    if held:
+        logits = _logits(model, x[held], device, batch_size)
+        head.temperature.fill_(fit_temperature(logits, y[held]))
+        predicted = logits.argmax(dim=1).tolist()
+        metrics = compute_metrics(y[held].tolist(), predicted, classes, n_train=len(kept))
     backbone = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("fc.")}
     return FinetuneResult(backbone=backbone, head=head.eval(), metrics=metrics)
 
@@ -112,11 +114,13 @@ def _train(
             progress(epoch + 1, epochs)
 
 
-def _predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int) -> list[int]:
-    predicted: list[int] = []
-    with torch.inference_mode():
+def _logits(
+    model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int
+) -> torch.Tensor:
+    outputs: list[torch.Tensor] = []
+    with torch.no_grad():  # not inference_mode: the temperature fit needs ordinary tensors
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size].to(device)
             batch = batch.contiguous(memory_format=torch.channels_last)
-            predicted += model(batch).argmax(dim=1).tolist()
-    return predicted
+            outputs.append(model(batch).float().cpu())
+    return torch.cat(outputs)

@@ -111,10 +111,12 @@ def compute_metrics(
 
 
 class Head(nn.Module):
-    """Standardisation (train mean/std, stored as buffers) followed by a linear layer."""
+    """Standardisation (train mean/std, stored as buffers), a linear layer, and a temperature
+    that calibrates the softmax (fitted on held-out predictions; 1 when there are none)."""
 
     mean: torch.Tensor
     std: torch.Tensor
+    temperature: torch.Tensor
 
     def __init__(self, labels: Sequence[str], dim: int) -> None:
         super().__init__()
@@ -124,10 +126,11 @@ class Head(nn.Module):
         self.dim = dim
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
+        self.register_buffer("temperature", torch.ones(()))
         self.linear = nn.Linear(dim, len(labels))
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Logits (N, C) of embeddings (N, dim)."""
+        """Uncalibrated logits (N, C) of embeddings (N, dim)."""
         result: torch.Tensor = self.linear((embeddings - self.mean) / self.std)
         return result
 
@@ -136,7 +139,7 @@ class Head(nn.Module):
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(f"expected embeddings (N, {self.dim}), got {tuple(embeddings.shape)}")
         with torch.inference_mode():
-            logits = self.forward(embeddings.to(torch.float32))
+            logits = self.forward(embeddings.to(torch.float32)) / self.temperature
         return torch.softmax(logits, dim=1)  # outside inference mode: an ordinary tensor
 
     def to_bytes(self) -> bytes:
@@ -151,7 +154,9 @@ class Head(nn.Module):
         try:
             saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             head = cls(saved["labels"], int(saved["dim"]))
-            head.load_state_dict(saved["state_dict"])
+            state = saved["state_dict"]
+            state.setdefault("temperature", torch.ones(()))
+            head.load_state_dict(state)
         except Exception as exc:  # any unpickling or shape problem means "not a head"
             raise ValueError(f"not a serialised Head: {exc}") from exc
         return head.eval()
@@ -198,6 +203,7 @@ def train_head(
     if not held or len(set(y[kept].tolist())) < len(classes):
         return _cross_validated(x, y, classes, task_ids, max_iter, seed)
     head = _fit(x[kept], y[kept], classes, max_iter, seed)
+    head.temperature.fill_(fit_temperature(_logits(head, x[held]), y[held]))
     metrics = evaluate(head, x[held], [labels[i] for i in held], n_train=len(kept))
     return TrainResult(head=head, metrics=metrics)
 
@@ -215,16 +221,20 @@ def _cross_validated(
     folds = torch.tensor([fold_of(t) for t in task_ids])
     true: list[int] = []
     predicted: list[int] = []
+    logits: list[torch.Tensor] = []
     for fold in range(FOLDS):
         held = folds == fold
         if not held.any() or len(set(y[~held].tolist())) < 2:
             continue
         head = _fit(x[~held], y[~held], classes, max_iter, seed)
         true += y[held].tolist()
-        predicted += head.predict_proba(x[held]).argmax(dim=1).tolist()
+        logits.append(_logits(head, x[held]))
+        predicted += logits[-1].argmax(dim=1).tolist()
     head = _fit(x, y, classes, max_iter, seed)
     if len(true) < max(MIN_EVALUATED, len(classes)):
         return TrainResult(head=head, metrics=None)  # too few labels to say anything
+    # Out-of-fold logits calibrate the head fitted on everything (a close stand-in for it).
+    head.temperature.fill_(fit_temperature(torch.cat(logits), torch.tensor(true)))
     metrics = compute_metrics(true, predicted, classes, n_train=len(y))
     metrics.scheme = f"{FOLDS}-fold"
     return TrainResult(head=head, metrics=metrics)
@@ -246,6 +256,31 @@ def evaluate(
         predicted = head.predict_proba(embeddings).argmax(dim=1).tolist()
     true = [index[label] for label in labels]
     return compute_metrics(true, predicted, head.labels, n_train=n_train)
+
+
+def _logits(head: Head, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():  # not inference_mode: these logits feed the temperature's autograd
+        return head.forward(x)
+
+
+def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Temperature scaling (Guo et al., 2017): the T > 0 minimising the held-out negative
+    log-likelihood of softmax(logits / T). It changes no prediction, only how sure they are,
+    so a low score really means "likely wrong" and Label Studio's sort surfaces those tasks."""
+    if len(y) < 2:
+        return 1.0
+    log_t = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], max_iter=100, line_search_fn="strong_wolfe")
+
+    def objective() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = functional.cross_entropy(logits / log_t.exp(), y)
+        torch.autograd.backward(loss)
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(objective)  # type: ignore[no-untyped-call]
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 def _fit(x: torch.Tensor, y: torch.Tensor, classes: list[str], max_iter: int, seed: int) -> Head:
