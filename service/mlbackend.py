@@ -20,26 +20,31 @@ from starlette.responses import JSONResponse, Response
 from service import triggers
 from service.auth import basic_or_bearer_allowed
 from service.context import Services
+from service.control import Handler
 from service.fold import project_row
 from storage import labels, models
 
 logger = logging.getLogger(__name__)
 
 
-def _guard(request: Request) -> JSONResponse | None:
-    services: Services = request.app.state.services
-    if basic_or_bearer_allowed(request, services.settings.server.api_token):
-        return None
-    return JSONResponse(
-        {"error": "missing or wrong credentials (Basic auth password = server.api_token)"},
-        status_code=401,
-        headers={"WWW-Authenticate": 'Basic realm="labelloop"'},
-    )
+def _protected(handler: Handler) -> Handler:
+    """Refuse with 401 unless the API token comes as Bearer or as a Basic auth password."""
+
+    async def guarded(request: Request) -> Response:
+        services: Services = request.app.state.services
+        if basic_or_bearer_allowed(request, services.settings.server.api_token):
+            return await handler(request)
+        return JSONResponse(
+            {"error": "missing or wrong credentials (Basic auth password = server.api_token)"},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Basic realm="labelloop"'},
+        )
+
+    return guarded
 
 
+@_protected
 async def setup(request: Request) -> Response:
-    if (refused := _guard(request)) is not None:
-        return refused
     services: Services = request.app.state.services
     body = await _json(request)
     project_id = _project_id(body.get("project"))
@@ -50,9 +55,8 @@ async def setup(request: Request) -> Response:
     return JSONResponse({"model_version": active or ""})
 
 
+@_protected
 async def predict(request: Request) -> Response:
-    if (refused := _guard(request)) is not None:
-        return refused
     body = await _json(request)
     project_id = _project_id(body.get("project"))
     tasks = body.get("tasks")
@@ -67,9 +71,8 @@ async def predict(request: Request) -> Response:
     return JSONResponse({"results": results})
 
 
+@_protected
 async def train(request: Request) -> Response:
-    if (refused := _guard(request)) is not None:
-        return refused
     services: Services = request.app.state.services
     body = await _json(request)
     project_id = _project_id(body.get("project"))

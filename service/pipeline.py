@@ -102,11 +102,7 @@ class Pipeline:
         row = await self._db(models.get, project_id, version)
         if row is None:
             return Outcome("failed", error=f"no version {version!r} in project {project_id}")
-        stored = row.settings
-        weights = stored["weights"]
-        if row.backbone_weights is not None:
-            weights = str(materialize_weights(row.backbone_weights))
-        spec = BackboneSpec(stored["architecture"], weights, stored["image_size"])
+        spec = version_spec(row)
         settings = self.services.settings.training_for(project_id)
         snapshot = await self._snapshot(project_id, progress)
         if snapshot.project.unsupported_reason:
@@ -304,6 +300,15 @@ def _active_on_same_tasks(active: Any, fitted: Fitted) -> Metrics | None:
         return None
     head = Head.from_bytes(active.head)
     return evaluate(head, fitted.x[held], [fitted.labels[i] for i in held])
+
+
+def version_spec(row: Any) -> BackboneSpec:
+    """The backbone a stored version reads embeddings from (its own, after a fine-tune)."""
+    stored = row.settings
+    weights = stored["weights"]
+    if row.backbone_weights is not None:
+        weights = str(materialize_weights(row.backbone_weights))
+    return BackboneSpec(stored["architecture"], weights, stored["image_size"])
 
 
 def materialize_weights(blob: bytes) -> Path:

@@ -12,9 +12,8 @@ from starlette.concurrency import run_in_threadpool
 
 from service.context import Services
 from service.embedding import Embedder
-from service.pipeline import materialize_weights
+from service.pipeline import version_spec
 from service.predictions import prediction
-from service.vision.backbone import BackboneSpec
 from service.vision.head import Head
 from storage import labels, models
 
@@ -37,12 +36,7 @@ class Predictor:
             return []
         await run_in_threadpool(self._save_tasks, project_id, tasks)
         rows = await run_in_threadpool(self._rows, ids)
-        weights = version.settings["weights"]
-        if version.backbone_weights is not None:
-            weights = str(materialize_weights(version.backbone_weights))
-        spec = BackboneSpec(
-            version.settings["architecture"], weights, version.settings["image_size"]
-        )
+        spec = version_spec(version)
         device = self.services.settings.training_for(project_id).device
         async with self._lock:
             report = await self.embedder.embed_tasks(
