@@ -18,12 +18,15 @@ COPY pyproject.toml README.md settings.toml ./
 COPY service ./service
 COPY storage ./storage
 COPY migrations ./migrations
+# labelloop itself, from this directory: its dependencies' bounds are in pyproject.toml.
+# hadolint ignore=DL3013
 RUN pip install ".[postgres]" \
     && useradd --create-home --uid 1000 labelloop \
     && mkdir -p /data \
     && chown labelloop /data
 
-USER labelloop
+# Numeric, so a runtime (e.g. Kubernetes runAsNonRoot) can tell it is not root.
+USER 1000
 VOLUME ["/data"]
 EXPOSE 9090
 

@@ -13,10 +13,11 @@ import httpx
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from service import control, mlbackend
+from service import control, mlbackend, page
 from service.catchup import catch_up_all
 from service.context import open_services
 from service.folder import run_folder
+from service.metrics import metrics_endpoint
 from service.schedules import start_scheduler
 from service.settings import Settings
 from service.webhooks import webhook
@@ -59,8 +60,10 @@ def create_app(
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     routes = [
+        Route("/", page.status_page, methods=["GET"]),
         Route("/webhook", webhook, methods=["POST"]),
         Route("/health", control.health, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),  # open, like /health
         Route("/projects", control.list_projects, methods=["GET"]),
         Route("/projects/{project_id:int}", control.get_project, methods=["GET"]),
         Route("/projects/{project_id:int}/train", control.train, methods=["POST"]),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.context import Services
+from service.labelstudio import LabelStudioError
 from storage import events, labels
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ async def catch_up_all(services: Services) -> list[CatchUpReport]:
             reports.append(await catch_up(services, project_id))
         except Exception as exc:
             logger.warning("catch-up of project %d failed: %s", project_id, exc)
+            if isinstance(exc, LabelStudioError):
+                services.metrics.label_studio_error(exc)
     return reports
 
 

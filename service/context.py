@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 
 from service.eventlog import EventWriter
 from service.labelstudio import LabelStudio
+from service.metrics import Metrics
 from service.settings import Settings
 from storage.db import create_engine
 
@@ -23,6 +24,7 @@ class Services:
     # SQLite's busy-retry sleeps. The event writer and the folder take it.
     write_lock: asyncio.Lock
     event_writer: EventWriter
+    metrics: Metrics
     # Set after each committed webhook: the folder wakes and folds it.
     events_arrived: asyncio.Event = field(default_factory=asyncio.Event)
     # Set whenever a job is queued: the in-process worker wakes and claims it.
@@ -46,6 +48,7 @@ async def open_services(
             label_studio=label_studio,
             write_lock=write_lock,
             event_writer=EventWriter(engine, write_lock),
+            metrics=Metrics(engine),
         )
     finally:
         await label_studio.aclose()

@@ -73,6 +73,7 @@ async def train(request: Request) -> JSONResponse:
         try:
             project = await services.label_studio.get_project(project_id)
         except LabelStudioError as exc:
+            services.metrics.label_studio_error(exc)
             return JSONResponse(
                 {"error": f"project {project_id} unknown here and in Label Studio: {exc}"},
                 status_code=404,

@@ -117,6 +117,7 @@ class Embedder:
                     uri, task_id=task.id, max_bytes=MAX_IMAGE_BYTES
                 )
             except ImageDownloadError as exc:
+                self.services.metrics.label_studio_error(exc)
                 return f"download failed: {exc.reason}"
 
     def _embed_chunk(

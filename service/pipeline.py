@@ -186,6 +186,7 @@ class Pipeline:
         report = await self.embedder.embed_tasks(
             tasks, snapshot.project.image_key, spec, settings.device, _stage(progress, "embedding")
         )
+        self.services.metrics.embedded(report.forward_passes)
         progress["images"] = {
             "cached": report.cached,
             "embedded": report.embedded,
@@ -219,6 +220,7 @@ class Pipeline:
             to_name=snapshot.project.to_name,
             progress=_stage(progress, "pushing"),
         )
+        self.services.metrics.pushed(progress["pushed"])
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         def run() -> Any:

@@ -7,6 +7,7 @@ after it, elsewhere. This module must never import torch.
 
 import json
 import logging
+import time
 
 import sqlalchemy as sa
 from starlette.requests import ClientDisconnect, Request
@@ -24,34 +25,43 @@ class BodyTooLarge(Exception):
 
 
 async def webhook(request: Request) -> JSONResponse:
+    started = time.perf_counter()
     services: Services = request.app.state.services
+    answer, action, outcome = await _ingest(request, services)
+    services.metrics.webhook(action, outcome, time.perf_counter() - started)
+    return answer
+
+
+async def _ingest(request: Request, services: Services) -> tuple[JSONResponse, str | None, str]:
+    """The answer, the action (once known) and the outcome: accepted, duplicate or rejected."""
     settings = services.settings.webhook
     if not webhook_allowed(request, settings.secret, services.settings.server.api_token):
-        return _error(401, "missing or wrong X-Labelloop-Secret header")
+        return _error(401, "missing or wrong X-Labelloop-Secret header"), None, "rejected"
     try:
         raw = await _read_body(request, settings.max_body_bytes)
     except BodyTooLarge:
-        return _error(413, f"body larger than {settings.max_body_bytes} bytes")
+        return _error(413, f"body larger than {settings.max_body_bytes} bytes"), None, "rejected"
     except ClientDisconnect:
-        return _error(400, "client disconnected before the body arrived")
+        return _error(400, "client disconnected before the body arrived"), None, "rejected"
     try:
         text = raw.decode("utf-8")
         payload = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        return _error(400, "body is not JSON")
+        return _error(400, "body is not JSON"), None, "rejected"
     if not isinstance(payload, dict):
-        return _error(400, "body must be a JSON object")
+        return _error(400, "body must be a JSON object"), None, "rejected"
     action = payload.get("action")
     if not isinstance(action, str) or not action:
-        return _error(400, "body has no 'action' string")
+        return _error(400, "body has no 'action' string"), None, "rejected"
     try:
         stored = await services.event_writer.append(action, project_id_of(payload), text)
     except sa.exc.DBAPIError as exc:
         logger.error("webhook not stored, database unavailable: %s", type(exc.orig).__name__)
-        return _error(503, "database unavailable; event not stored")
+        return _error(503, "database unavailable; event not stored"), action, "rejected"
     if not stored.duplicate:
         services.events_arrived.set()
-    return JSONResponse({"ok": True, "event_id": stored.id, "duplicate": stored.duplicate})
+    body = {"ok": True, "event_id": stored.id, "duplicate": stored.duplicate}
+    return JSONResponse(body), action, "duplicate" if stored.duplicate else "accepted"
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

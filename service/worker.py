@@ -7,12 +7,14 @@ it heart-beats into the job row, so a job left ``running`` by a dead process is 
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
 import torch
 
 from service.context import Services
+from service.labelstudio import LabelStudioError
 from service.pipeline import Outcome, Pipeline
 from storage import jobs
 
@@ -57,6 +59,7 @@ class Worker:
             "job %d (%s, project %d, %s) started", job.id, job.kind, job.project_id, job.reason
         )
         progress: dict[str, Any] = {}
+        started = time.monotonic()
         beat = asyncio.create_task(self._heartbeat(job.id, progress))
         try:
             if job.kind == "push":
@@ -66,10 +69,14 @@ class Worker:
         except Exception as exc:
             logger.exception("job %d failed", job.id)
             outcome = Outcome("failed", error=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, LabelStudioError):
+                self.services.metrics.label_studio_error(exc)
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
+        if job.kind != "push" and outcome.status == "succeeded" and outcome.model_version:
+            self.services.metrics.training(job.kind, time.monotonic() - started)
         await asyncio.to_thread(self._finish, job.id, outcome, progress)
         logger.info("job %d %s %s", job.id, outcome.status, outcome.error or "")
         return True

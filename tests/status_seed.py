@@ -1,0 +1,180 @@
+"""A realistic project history written with the storage functions, for the status page tests.
+
+Project 3 ("Garden birds"): 3 versions with rising accuracy (v3 active), succeeded, failed and
+running jobs, two images that failed to load. Project 4: a text project labelloop cannot train.
+"""
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from storage import events, jobs, labels, models
+from storage.db import utcnow
+from storage.tables import jobs as jobs_table
+from storage.tables import model_versions
+
+BIRDS = 3
+TEXT = 4
+CLASSES = ("blackbird", "robin", "sparrow")
+# (trained on, confusion of the held-out tasks, the previous version's macro-F1 on them)
+VERSIONS = [
+    (20, [[7, 1, 0], [2, 1, 1], [1, 1, 2]], None),
+    (36, [[12, 1, 0], [2, 3, 1], [1, 1, 5]], 0.512),
+    (52, [[17, 0, 1], [1, 6, 1], [0, 1, 9]], 0.694),
+]
+FAILED_JOB_ERROR = (
+    "LabelStudioUnavailable: GET http://label-studio:8080/api/projects/3/tasks: "
+    "ConnectError after 5 attempts"
+)
+IMAGE_ERRORS = {
+    17: "download failed: http 404",
+    41: "not decodable: cannot identify image file",
+}
+
+
+def metrics_of(confusion: list[list[int]], labels_: list[str]) -> dict[str, Any]:
+    """The pipeline's metrics JSON for a confusion matrix (rows true, columns predicted)."""
+    per_class: dict[str, dict[str, float]] = {}
+    for c, label in enumerate(labels_):
+        hits, support = confusion[c][c], sum(confusion[c])
+        predicted = sum(row[c] for row in confusion)
+        precision = hits / predicted if predicted else 0.0
+        recall = hits / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": float(support),
+        }
+    total = sum(map(sum, confusion))
+    return {
+        "accuracy": sum(confusion[c][c] for c in range(len(labels_))) / total,
+        "macro_f1": sum(p["f1"] for p in per_class.values()) / len(per_class),
+        "n_train": 0,
+        "n_holdout": total,
+        "per_class": per_class,
+        "confusion": confusion,
+        "labels": labels_,
+        "scheme": "holdout",
+    }
+
+
+def seed(
+    conn: Connection, *, title: str = "Garden birds", classes: Sequence[str] = CLASSES
+) -> None:
+    """Write the history above; ``title`` and ``classes`` may be hostile (escaping tests)."""
+    start = utcnow() - timedelta(days=2)
+    labels.save_project(
+        conn,
+        BIRDS,
+        {
+            "title": title,
+            "label_config": "<View>...</View>",
+            "image_key": "image",
+            "from_name": "species",
+            "to_name": "image",
+            "choices": list(classes),
+            "unsupported_reason": None,
+        },
+    )
+    labels.save_project(
+        conn,
+        TEXT,
+        {
+            "title": "Review sentiment",
+            "unsupported_reason": "the label config has no <Image> tag: only image "
+            "classification is supported",
+        },
+    )
+    labels.save_tasks(
+        conn, BIRDS, [{"id": t, "data": {"image": f"/data/upload/3/{t}.jpg"}} for t in range(1, 71)]
+    )
+    for task_id, error in IMAGE_ERRORS.items():
+        labels.set_task_image(conn, task_id, image_hash=None, error=error)
+    for n in range(1, 53):
+        when = (start + timedelta(minutes=20 * n)).isoformat()
+        labels.apply_annotation(
+            conn,
+            labels.Annotation(n + 1000, n, BIRDS, classes[n % 5 // 2], False, when),
+        )
+        body = {"action": "ANNOTATION_CREATED", "project": {"id": BIRDS}, "n": n}
+        event = events.append(
+            conn, action="ANNOTATION_CREATED", project_id=BIRDS, body=json.dumps(body)
+        )
+        events.mark_folded(conn, [event.id])  # its annotation is applied above
+    for index, (trained_on, confusion, baseline) in enumerate(VERSIONS, start=1):
+        queued = start + timedelta(hours=8 * index)
+        job_id = _finished_job(conn, "threshold", "train", queued, 41, f"labelloop-v{index}")
+        version = models.next_version(conn, BIRDS)
+        metrics = metrics_of(confusion, list(classes))
+        promotion = "first version"
+        if baseline is not None:
+            promotion = (
+                f"macro-F1 {metrics['macro_f1']:.3f} vs labelloop-v{index - 1}'s {baseline:.3f} "
+                "on the same held-out tasks"
+            )
+        models.add(
+            conn,
+            BIRDS,
+            version,
+            {
+                "job_id": job_id,
+                "backbone": "resnet18/imagenet/224",
+                "labels": list(classes),
+                "trained_on": trained_on,
+                "metrics": metrics,
+                "head": b"",
+                "settings": {},
+                "promotion": promotion,
+            },
+        )
+        models.activate(conn, BIRDS, version)
+        created = queued + timedelta(seconds=40)
+        conn.execute(
+            model_versions.update()
+            .where(model_versions.c.version == version)
+            .values(created_at=created)
+        )
+        if index == 2:  # a nightly fine-tune that could not reach Label Studio
+            _finished_job(
+                conn, "schedule", "finetune", queued + timedelta(hours=2), 12, None, "failed"
+            )
+    job_id, _ = jobs.enqueue(conn, BIRDS, "threshold")
+    jobs.claim(conn)
+    jobs.heartbeat(conn, job_id, {"stage": "embedding", "done": 24, "total": 70})
+
+
+def _finished_job(
+    conn: Connection,
+    reason: str,
+    kind: str,
+    queued: datetime,
+    seconds: int,
+    version: str | None,
+    status: str = "succeeded",
+) -> int:
+    job_id, _ = jobs.enqueue(conn, BIRDS, reason, kind=kind)
+    jobs.claim(conn)
+    progress: dict[str, Any] = {"stage": "done", "done": 70, "total": 70}
+    if status == "succeeded":
+        progress["images"] = {"cached": 50, "embedded": 18, "failed": 2, "forward_passes": 18}
+        progress["pushed"] = 18
+    else:
+        progress = {"stage": "listing tasks"}
+    jobs.heartbeat(conn, job_id, progress)
+    error = FAILED_JOB_ERROR if status == "failed" else None
+    jobs.finish(conn, job_id, status, error=error, model_version=version)
+    conn.execute(
+        jobs_table.update()
+        .where(jobs_table.c.id == job_id)
+        .values(
+            created_at=queued,
+            started_at=queued + timedelta(seconds=1),
+            finished_at=queued + timedelta(seconds=1 + seconds),
+        )
+    )
+    return job_id
