@@ -24,6 +24,8 @@ from service.webhooks import webhook
 
 logger = logging.getLogger(__name__)
 
+SHUTDOWN_GRACE = 30.0  # seconds that in-flight database work and training steps get to finish
+
 
 def create_app(
     settings: Settings,
@@ -58,6 +60,7 @@ def create_app(
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                await _drain_threads()
 
     routes = [
         Route("/", page.status_page, methods=["GET"]),
@@ -89,3 +92,12 @@ def _warn_if_open(settings: Settings) -> None:
         )
     if not settings.webhook.secret:
         logger.warning("webhook.secret is empty: anyone who can reach /webhook can post events")
+
+
+async def _drain_threads() -> None:
+    """Cancelling a task does not stop the thread it was waiting on (a fold, a heartbeat, a
+    training step). Let those finish, bounded, before the engine is disposed, so that no
+    database connection outlives its pool."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(loop.shutdown_default_executor(), SHUTDOWN_GRACE)
