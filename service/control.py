@@ -15,6 +15,7 @@ from service.context import Services
 from service.fold import project_row
 from service.labelstudio import LabelStudioError
 from storage import jobs, labels, models
+from storage.db import reading
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def _ping(services: Services) -> None:
 
 async def _read(services: Services, fn: Callable[..., Any], *args: Any) -> Any:
     def run() -> Any:
-        with services.engine.begin() as conn:
+        with reading(services.engine) as conn:
             return fn(conn, *args)
 
     return await run_in_threadpool(run)

@@ -28,6 +28,7 @@ from service.labelstudio import (
     LabelStudioUnavailable,
     WebhookRefused,
 )
+from storage.db import reading
 from storage.tables import jobs
 
 logger = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class JobsCollector(Collector):
 
 def job_counts(engine: Engine) -> dict[str, int]:
     stmt = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         return {str(status): int(count) for status, count in conn.execute(stmt)}
 
 

@@ -18,6 +18,7 @@ from service import page_html, status
 from service.auth import bearer_allowed
 from service.context import Services
 from storage import labels, models
+from storage.db import reading
 
 COOKIE = "labelloop_token"
 COOKIE_MAX_AGE = 30 * 24 * 3600
@@ -59,7 +60,7 @@ async def status_page(request: Request) -> Response:
 
 def gather(services: Services) -> list[dict[str, Any]]:
     """Every project's status (``service.status``) with its versions and threshold."""
-    with services.engine.begin() as conn:
+    with reading(services.engine) as conn:
         projects = []
         for project in labels.list_projects(conn):
             body = status.project_status(conn, project.id)

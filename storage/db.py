@@ -6,7 +6,8 @@ of "database is locked" errors, and ``BEGIN IMMEDIATE`` so a transaction takes t
 its start rather than failing half-way when two writers meet.
 """
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READONLY = "labelloop_readonly"
 
 
 def utcnow() -> datetime:
@@ -44,9 +46,20 @@ def create_engine(url: str) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers (status, page, metrics) need no write lock: WAL gives them a snapshot.
+        readonly = conn.get_execution_options().get(READONLY, False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
     return engine
+
+
+@contextlib.contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction: a consistent snapshot that takes no write lock on SQLite."""
+    with engine.connect() as conn:
+        conn.execution_options(**{READONLY: True})
+        with conn.begin():
+            yield conn
 
 
 def upsert(
