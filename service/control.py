@@ -6,13 +6,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service import status, triggers
 from service.auth import bearer_allowed
 from service.context import Services
-from service.fold import project_row
+from service.fold import as_id, project_row
 from service.labelstudio import LabelStudioError
 from storage import jobs, labels, models
 from storage.db import reading
@@ -57,7 +58,7 @@ async def list_projects(request: Request) -> JSONResponse:
 @protected
 async def get_project(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
-    project_id = request.path_params["project_id"]
+    project_id = _project_param(request)
     body = await _read(services, status.project_status, project_id)
     if body is None:
         return _not_found(project_id)
@@ -67,7 +68,7 @@ async def get_project(request: Request) -> JSONResponse:
 @protected
 async def train(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
-    project_id: int = request.path_params["project_id"]
+    project_id: int = _project_param(request)
     known = await _read(services, labels.get_project, project_id)
     if known is None:
         # Never heard of through a webhook: ask Label Studio whether it exists.
@@ -90,7 +91,7 @@ async def train(request: Request) -> JSONResponse:
 @protected
 async def list_models(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
-    project_id: int = request.path_params["project_id"]
+    project_id: int = _project_param(request)
     rows = await _read(services, models.listing, project_id)
     return JSONResponse({"models": [status.version_summary(row) for row in rows]})
 
@@ -99,7 +100,7 @@ async def list_models(request: Request) -> JSONResponse:
 async def activate(request: Request) -> JSONResponse:
     """Roll back (or forward) to a stored version, then push its predictions."""
     services: Services = request.app.state.services
-    project_id: int = request.path_params["project_id"]
+    project_id: int = _project_param(request)
     version: str = request.path_params["version"]
     job_id = await run_in_threadpool(_activate, services, project_id, version)
     if job_id is None:
@@ -118,6 +119,14 @@ def _activate(services: Services, project_id: int, version: str) -> int | None:
             return None
         job_id, _ = jobs.enqueue(conn, project_id, "manual", kind="push", model_version=version)
         return job_id
+
+
+def _project_param(request: Request) -> int:
+    """The {project_id} of the path, refused with 404 when no project could have it."""
+    try:
+        return as_id(request.path_params["project_id"])
+    except ValueError:
+        raise HTTPException(404, "no such project") from None
 
 
 def _ping(services: Services) -> None:

@@ -43,17 +43,26 @@ class EventWriter:
             batch = [await self._queue.get()]
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            try:
-                async with self._write_lock:
-                    ids = await asyncio.to_thread(self._insert, batch)
-            except Exception as exc:  # every waiter learns the event was not stored
+            if not await self._commit(batch) and len(batch) > 1:
+                # One event the database refuses must not fail its neighbours: store them one
+                # transaction each, so exactly the bad one is answered with the error.
                 for pending in batch:
-                    if not pending.done.done():
-                        pending.done.set_exception(exc)
-                continue
-            for pending, event_id in zip(batch, ids, strict=True):
-                if not pending.done.done():
-                    pending.done.set_result(event_id)
+                    await self._commit([pending])
+
+    async def _commit(self, batch: list[_Pending]) -> bool:
+        """Insert ``batch`` in one transaction and answer its waiters; False if it failed
+        (the waiters of a one-event batch then get the error)."""
+        try:
+            async with self._write_lock:
+                stored = await asyncio.to_thread(self._insert, batch)
+        except Exception as exc:
+            if len(batch) == 1 and not batch[0].done.done():
+                batch[0].done.set_exception(exc)
+            return False
+        for pending, appended in zip(batch, stored, strict=True):
+            if not pending.done.done():
+                pending.done.set_result(appended)
+        return True
 
     def _insert(self, batch: list[_Pending]) -> list[events.Appended]:
         with self._engine.begin() as conn:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from service import triggers
@@ -21,6 +22,27 @@ from storage import events, jobs, labels, models
 logger = logging.getLogger(__name__)
 
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
+MAX_ID = 2**31 - 1  # Label Studio's ids, and ours, are 32-bit integers
+# What a malformed body raises while it is applied: it is skipped (it stays in the log). A
+# database that is down raises OperationalError instead, and the batch is retried later.
+BAD_EVENT = (
+    KeyError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    ArithmeticError,
+    sa.exc.DataError,
+    sa.exc.IntegrityError,
+)
+
+
+def as_id(value: Any) -> int:
+    """A Label Studio id: a non-negative 32-bit integer (or its digits); else ValueError."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID:
+        return value
+    raise ValueError(f"not an id: {value!r:.40}")
 
 
 @dataclass
@@ -38,7 +60,7 @@ def fold_pending(conn: Connection, settings: Settings, limit: int = 500) -> Fold
         try:
             with conn.begin_nested():
                 _apply(conn, settings, action, json.loads(body), result)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except BAD_EVENT as exc:
             logger.warning("event %d (%s) could not be folded: %r", event_id, action, exc)
     events.mark_folded(conn, [event_id for event_id, _, _ in batch])
     result.events = len(batch)
@@ -72,11 +94,10 @@ def project_id_of(body: Mapping[str, Any]) -> int | None:
     project = body.get("project")
     if isinstance(project, Mapping):
         project = project.get("id")
-    if isinstance(project, int) and not isinstance(project, bool):
-        return project
-    if isinstance(project, str) and project.isdigit():
-        return int(project)
-    return None
+    try:
+        return as_id(project)
+    except ValueError:
+        return None
 
 
 def _apply(
@@ -109,7 +130,7 @@ def _apply(
                 result.projects.add(project_id)
     elif action == "ANNOTATIONS_DELETED":
         for annotation in _as_list(body["annotations"]):
-            if labels.delete_annotation(conn, int(annotation["id"]), project_id):
+            if labels.delete_annotation(conn, as_id(annotation["id"]), project_id):
                 result.projects.add(project_id)
     elif action == "TASKS_CREATED":
         _save_tasks(conn, project_id, _as_list(body.get("tasks")))
@@ -122,7 +143,7 @@ def _apply(
             if created:
                 result.queued_jobs.append(job_id)
     elif action == "TASKS_DELETED":
-        labels.delete_tasks(conn, [int(t["id"]) for t in _as_list(body.get("tasks"))])
+        labels.delete_tasks(conn, [as_id(t["id"]) for t in _as_list(body.get("tasks"))])
     elif action == "START_TRAINING":
         job_id, _ = triggers.request_training(conn, settings, project_id, "manual")
         result.queued_jobs.append(job_id)
@@ -132,13 +153,13 @@ def _apply(
 
 def _annotation(raw: Mapping[str, Any], project_id: int, project: Any) -> labels.Annotation:
     task = raw["task"]
-    task_id = int(task["id"] if isinstance(task, Mapping) else task)
+    task_id = as_id(task["id"] if isinstance(task, Mapping) else task)
     cancelled = bool(raw.get("was_cancelled", False))
     label = None
     if project is not None and project.from_name and not cancelled:
         label = _choice(raw.get("result") or [], project.from_name)
     return labels.Annotation(
-        id=int(raw["id"]),
+        id=as_id(raw["id"]),
         task_id=task_id,
         project_id=project_id,
         label=label,
@@ -162,7 +183,7 @@ def _choice(result: list[Any], from_name: str) -> str | None:
 
 def _save_tasks(conn: Connection, project_id: int, raw: list[Any]) -> None:
     rows = [
-        {"id": int(t["id"]), "data": t.get("data") or {}}
+        {"id": as_id(t["id"]), "data": t.get("data") or {}}
         for t in raw
         if isinstance(t, Mapping) and "id" in t
     ]

@@ -439,7 +439,7 @@ class LabelStudio:
             if not response.is_success:
                 raise ImageDownloadError(f"http {response.status_code}", where)
             length = response.headers.get("content-length", "")
-            if length.isdigit() and int(length) > max_bytes:
+            if length.isascii() and length.isdigit() and int(length) > max_bytes:
                 raise ImageDownloadError(too_large, where)
             chunks: list[bytes] = []
             size = 0

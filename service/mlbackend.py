@@ -21,7 +21,7 @@ from service import triggers
 from service.auth import basic_or_bearer_allowed
 from service.context import Services
 from service.control import Handler
-from service.fold import project_row
+from service.fold import as_id, project_row
 from storage import labels, models
 
 logger = logging.getLogger(__name__)
@@ -106,13 +106,12 @@ def _setup_project(services: Services, project_id: int, schema: Any) -> str | No
 
 def _project_id(value: Any) -> int | None:
     """Label Studio names the project "<id>.<created timestamp>" in ML-backend calls."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
     if isinstance(value, str):
-        head = value.split(".", 1)[0]
-        if head.isdigit():
-            return int(head)
-    return None
+        value = value.split(".", 1)[0]
+    try:
+        return as_id(value)
+    except ValueError:
+        return None
 
 
 async def _json(request: Request) -> dict[str, Any]:

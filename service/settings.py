@@ -169,7 +169,7 @@ def _build(raw: dict[str, Any]) -> Settings:
     training: TrainingSettings = sections["training"]
     projects: dict[int, TrainingSettings] = {}
     for key, table in (raw.get("projects") or {}).items():
-        if not str(key).isdigit():
+        if not (str(key).isascii() and str(key).isdigit()):
             raise SettingsError(f"projects.{key}: project ids are integers")
         projects[int(key)] = _section(f"projects.{key}", TrainingSettings, table, training)
     for pid, project_training in [(None, training), *projects.items()]:
@@ -207,7 +207,7 @@ def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
             raise SettingsError(f"{key}: expected an integer, got {value!r}")
         if isinstance(value, int):
             return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
             return int(value)
         raise SettingsError(f"{key}: expected an integer, got {_describe(value)}")
     if kind is float:

@@ -45,8 +45,8 @@ async def _ingest(request: Request, services: Services) -> tuple[JSONResponse, s
         return _error(400, "client disconnected before the body arrived"), None, "rejected"
     try:
         text = raw.decode("utf-8")
-        payload = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        payload = json.loads(text, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError):
         return _error(400, "body is not JSON"), None, "rejected"
     if not isinstance(payload, dict):
         return _error(400, "body must be a JSON object"), None, "rejected"
@@ -66,7 +66,7 @@ async def _ingest(request: Request, services: Services) -> tuple[JSONResponse, s
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
@@ -76,6 +76,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN and Infinity
 
 
 def _error(status: int, message: str) -> JSONResponse:
