@@ -12,6 +12,7 @@ import httpx
 
 from service.auth import SECRET_HEADER
 from service.labelstudio import LabelStudio, LabelStudioError, WebhookRefused
+from service.logs import configure_logging
 from service.settings import Settings, SettingsError, load_settings
 from storage.migrate import upgrade
 
@@ -23,14 +24,12 @@ FINISHED = ("succeeded", "failed", "skipped")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         settings = load_settings(args.config)
     except SettingsError as exc:
         print(f"labelloop: invalid settings: {exc}", file=sys.stderr)
         return 2
+    configure_logging(settings.server.log_format)
     command: Any = args.command
     try:
         return int(command(settings, args))

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -20,6 +21,7 @@ from service import control, mlbackend, page
 from service.catchup import catch_up_all
 from service.context import open_services
 from service.folder import run_folder
+from service.logs import RequestIdMiddleware
 from service.metrics import metrics_endpoint
 from service.schedules import start_scheduler
 from service.settings import Settings
@@ -86,7 +88,10 @@ def create_app(
         Route("/train", mlbackend.train, methods=["POST"]),
     ]
     return Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={HTTPException: _http_error},
     )
 
 

@@ -32,6 +32,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 9090
     api_token: str = field(default="", repr=False)
+    log_format: str = "text"  # or "json": one object per line
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,8 @@ def _build(raw: dict[str, Any]) -> Settings:
         projects[int(key)] = _section(f"projects.{key}", TrainingSettings, table, training)
     for pid, project_training in [(None, training), *projects.items()]:
         _validate_training("training" if pid is None else f"projects.{pid}", project_training)
+    if sections["server"].log_format not in ("text", "json"):
+        raise SettingsError('server.log_format: expected "text" or "json"')
     if not 0 < sections["server"].port < 65536:
         raise SettingsError("server.port: must be between 1 and 65535")
     try:

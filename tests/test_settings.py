@@ -69,6 +69,7 @@ def test_config_chosen_by_environment(tmp_path: Path) -> None:
         ("[training]\nfinetune_epochs = 0\n", {}, "training.finetune_epochs"),
         ('[training]\npromotion_margin = "a lot"\n', {}, "training.promotion_margin"),
         ("[server]\ncolour = 1\n", {}, "server.colour"),
+        ('[server]\nlog_format = "xml"\n', {}, "server.log_format"),
         ("[nonsense]\n", {}, "[nonsense]"),
         ("[projects.abc]\n", {}, "projects.abc"),
         ("[projects.2]\nimage_size = 8\n", {}, "projects.2.image_size"),
