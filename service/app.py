@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import httpx
+import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -91,7 +92,7 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(RequestIdMiddleware)],
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: _http_error, sa.exc.DBAPIError: _database_error},
     )
 
 
@@ -99,6 +100,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     """Unknown routes and wrong methods answer JSON like every other error of the API."""
     assert isinstance(exc, HTTPException)
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    """A database error in a handler: a value no column can hold is the request's fault (400);
+    anything else means the database is unavailable (503). JSON either way, and logged."""
+    assert isinstance(exc, sa.exc.DBAPIError)
+    logger.error("%s %s: database error: %s", request.method, request.url.path, exc.orig)
+    if isinstance(exc, sa.exc.DataError):
+        return JSONResponse({"error": "a value in the request cannot be stored"}, status_code=400)
+    return JSONResponse({"error": "database unavailable"}, status_code=503)
 
 
 def _warn_if_open(settings: Settings) -> None:

@@ -102,7 +102,9 @@ async def activate(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
     project_id: int = _project_param(request)
     version: str = request.path_params["version"]
-    job_id = await run_in_threadpool(_activate, services, project_id, version)
+    job_id = None
+    if len(version) <= 64 and version.isprintable():  # model_versions.version is VARCHAR(64)
+        job_id = await run_in_threadpool(_activate, services, project_id, version)
     if job_id is None:
         return JSONResponse(
             {"error": f"project {project_id} has no version {version!r}"}, status_code=404

@@ -51,6 +51,8 @@ async def setup(request: Request) -> Response:
     if project_id is None:
         return JSONResponse({"error": "body needs 'project': '<id>.<created>'"}, status_code=400)
     schema = body.get("schema")
+    if isinstance(schema, str) and "\x00" in schema:
+        return JSONResponse({"error": "'schema' is not a label config"}, status_code=400)
     active = await run_in_threadpool(_setup_project, services, project_id, schema)
     return JSONResponse({"model_version": active or ""})
 

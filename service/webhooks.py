@@ -19,6 +19,8 @@ from service.fold import project_id_of
 
 logger = logging.getLogger(__name__)
 
+MAX_ACTION_CHARS = 64  # events.action is VARCHAR(64)
+
 
 class BodyTooLarge(Exception):
     pass
@@ -53,6 +55,9 @@ async def _ingest(request: Request, services: Services) -> tuple[JSONResponse, s
     action = payload.get("action")
     if not isinstance(action, str) or not action:
         return _error(400, "body has no 'action' string"), None, "rejected"
+    if len(action) > MAX_ACTION_CHARS or not action.isprintable():
+        message = f"'action' must be printable and at most {MAX_ACTION_CHARS} characters"
+        return _error(400, message), None, "rejected"
     try:
         stored = await services.event_writer.append(action, project_id_of(payload), text)
     except sa.exc.DBAPIError as exc:
