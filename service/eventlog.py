@@ -7,6 +7,7 @@ cost one disk flush instead of sixteen, and never queue on SQLite's busy-retry s
 """
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
@@ -31,10 +32,18 @@ class EventWriter:
         self._engine = engine
         self._write_lock = write_lock
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._idle = asyncio.Event()  # set while no webhook waits for its commit
+        self._idle.set()
+
+    async def quiet(self, max_wait: float) -> None:
+        """Return once no webhook waits for its commit, or after ``max_wait`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), max_wait)
 
     async def append(self, action: str, project_id: int | None, body: str) -> events.Appended:
         """The event's id once it is committed (or found already stored); raises on failure."""
         pending = _Pending(action, project_id, body)
+        self._idle.clear()
         await self._queue.put(pending)
         return await pending.done
 
@@ -48,6 +57,8 @@ class EventWriter:
                 # transaction each, so exactly the bad one is answered with the error.
                 for pending in batch:
                     await self._commit([pending])
+            if self._queue.empty():
+                self._idle.set()
 
     async def _commit(self, batch: list[_Pending]) -> bool:
         """Insert ``batch`` in one transaction and answer its waiters; False if it failed

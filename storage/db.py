@@ -73,14 +73,15 @@ def upsert(
     if not rows:
         return
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).values(list(rows))
+    stmt = dialect.insert(table)
     if update:
         stmt = stmt.on_conflict_do_update(
             index_elements=list(keys), set_={c: stmt.excluded[c] for c in update}
         )
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
-    conn.execute(stmt)
+    # Parameters apart from the statement: one compiled form, cached, for any rows.
+    conn.execute(stmt, [dict(row) for row in rows])
 
 
 def for_update(conn: Connection, stmt: sa.Select[Any], *, skip_locked: bool = False) -> Any:

@@ -64,12 +64,39 @@ def append(
 def append_many(
     conn: Connection, rows: Sequence[tuple[str, int | None, str]], source: str = "webhook"
 ) -> list[Appended]:
-    """Store (action, project id, body) rows in one transaction, in order."""
+    """Store (action, project id, body) rows in one transaction, in order: one multi-row
+    INSERT, and one SELECT for the bodies that were already stored."""
     now = utcnow()
-    return [
-        append(conn, action=a, project_id=p, body=b, source=source, received_at=now)
-        for a, p, b in rows
+    keys = [key for action, _, body in rows if (key := digest(action, body)) is not None]
+    if len(keys) != len(rows):  # repeatable actions are never deduplicated: one by one
+        return [
+            append(conn, action=a, project_id=p, body=b, source=source, received_at=now)
+            for a, p, b in rows
+        ]
+    values = [
+        {"action": a, "project_id": p, "body": b, "digest": k, "source": source, "received_at": now}
+        for (a, p, b), k in zip(rows, keys, strict=True)
     ]
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = (
+        dialect.insert(events)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["digest"])
+        .returning(events.c.id, events.c.digest)  # in no particular order: matched by digest
+    )
+    inserted = {str(key): int(event_id) for event_id, key in conn.execute(stmt)}
+    stored: dict[str, int] = {}
+    if missing := [key for key in keys if key not in inserted]:
+        query = sa.select(events.c.id, events.c.digest).where(events.c.digest.in_(missing))
+        stored = {str(key): int(event_id) for event_id, key in conn.execute(query)}
+    answers, seen = [], set()
+    for key in keys:
+        if key in inserted and key not in seen:  # a body twice in one batch: stored once
+            seen.add(key)
+            answers.append(Appended(inserted[key], duplicate=False))
+        else:
+            answers.append(Appended(inserted.get(key) or stored[key], duplicate=True))
+    return answers
 
 
 def claim_unfolded(conn: Connection, limit: int = 500) -> list[tuple[int, str, str]]:
