@@ -23,11 +23,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.labelstudio import (
+    WEBHOOK_ACTIONS,
     ImageDownloadError,
     LabelStudioHTTPError,
     LabelStudioUnavailable,
     WebhookRefused,
 )
+from storage import jobs as job_rows
 from storage.db import reading
 from storage.tables import jobs
 
@@ -38,25 +40,14 @@ logger = logging.getLogger(__name__)
 WEBHOOK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 # Head training takes seconds, fine-tuning minutes to an hour.
 TRAINING_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "skipped")
+JOB_STATUSES = ("queued", "running", *job_rows.FINISHED)
 OUTCOMES = ("accepted", "duplicate", "rejected")
-TRAINING_KINDS = ("train", "finetune")
+TRAINING_KINDS = job_rows.TRAININGS
 ERROR_KINDS = ("http", "unavailable", "image", "webhook_refused", "other")
 # Label values come from webhook bodies, which anyone may post: only these are kept verbatim,
 # so a hostile sender cannot grow the number of series without bound.
 KNOWN_ACTIONS = frozenset(
-    {
-        "ANNOTATION_CREATED",
-        "ANNOTATIONS_CREATED",
-        "ANNOTATION_UPDATED",
-        "ANNOTATIONS_DELETED",
-        "TASKS_CREATED",
-        "TASKS_DELETED",
-        "PROJECT_CREATED",
-        "PROJECT_UPDATED",
-        "PROJECT_DELETED",
-        "START_TRAINING",
-    }
+    {*WEBHOOK_ACTIONS, "PROJECT_CREATED", "PROJECT_DELETED", "START_TRAINING"}
 )
 
 
