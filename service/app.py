@@ -65,7 +65,8 @@ def create_app(
                 scheduler.shutdown(wait=False)
                 for task in tasks:
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                # Bounded: a task that swallowed its cancellation must not hang the shutdown.
+                await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
                 await _drain_threads()
 
     routes = [
@@ -127,4 +128,5 @@ async def _drain_threads() -> None:
     database connection outlives its pool."""
     loop = asyncio.get_running_loop()
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(loop.shutdown_default_executor(), SHUTDOWN_GRACE)
+        async with asyncio.timeout(SHUTDOWN_GRACE):
+            await loop.shutdown_default_executor()

@@ -38,7 +38,8 @@ class EventWriter:
     async def quiet(self, max_wait: float) -> None:
         """Return once no webhook waits for its commit, or after ``max_wait`` seconds."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), max_wait)
+            async with asyncio.timeout(max_wait):
+                await self._idle.wait()
 
     async def append(self, action: str, project_id: int | None, body: str) -> events.Appended:
         """The event's id once it is committed (or found already stored); raises on failure."""

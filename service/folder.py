@@ -83,4 +83,7 @@ async def run_folder(
         except Exception:
             logger.exception("folding events failed; retrying")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(services.events_arrived.wait(), poll_interval)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that races with the wait ending, and shutdown then hangs.
+            async with asyncio.timeout(poll_interval):
+                await services.events_arrived.wait()

@@ -42,7 +42,8 @@ class Worker:
             if not ran:
                 self.services.jobs_queued.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.services.jobs_queued.wait(), self.poll_interval)
+                    async with asyncio.timeout(self.poll_interval):
+                        await self.services.jobs_queued.wait()
 
     async def run_until_idle(self) -> int:
         """Run queued jobs until none is left; returns how many ran (tests, one-shot CLI)."""
