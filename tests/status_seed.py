@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from service.vision.head import compute_metrics
 from storage import events, jobs, labels, models
 from storage.db import utcnow
 from storage.tables import jobs as jobs_table
@@ -37,30 +38,13 @@ IMAGE_ERRORS = {
 
 def metrics_of(confusion: list[list[int]], labels_: list[str]) -> dict[str, Any]:
     """The pipeline's metrics JSON for a confusion matrix (rows true, columns predicted)."""
-    per_class: dict[str, dict[str, float]] = {}
-    for c, label in enumerate(labels_):
-        hits, support = confusion[c][c], sum(confusion[c])
-        predicted = sum(row[c] for row in confusion)
-        precision = hits / predicted if predicted else 0.0
-        recall = hits / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[label] = {
-            "precision": precision,
-            "recall": recall,
-            "f1": f1,
-            "support": float(support),
-        }
-    total = sum(map(sum, confusion))
-    return {
-        "accuracy": sum(confusion[c][c] for c in range(len(labels_))) / total,
-        "macro_f1": sum(p["f1"] for p in per_class.values()) / len(per_class),
-        "n_train": 0,
-        "n_holdout": total,
-        "per_class": per_class,
-        "confusion": confusion,
-        "labels": labels_,
-        "scheme": "holdout",
-    }
+    true: list[int] = []
+    predicted: list[int] = []
+    for t, row in enumerate(confusion):
+        for p, count in enumerate(row):
+            true += [t] * count
+            predicted += [p] * count
+    return compute_metrics(true, predicted, labels_).to_dict()
 
 
 def seed(

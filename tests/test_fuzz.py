@@ -37,6 +37,7 @@ from service.app import create_app
 from service.context import Services
 from service.eventlog import EventWriter
 from service.folder import fold_all
+from service.labelstudio import WEBHOOK_ACTIONS
 from service.settings import (
     DatabaseSettings,
     LabelStudioSettings,
@@ -64,16 +65,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-ACTIONS = (
-    "ANNOTATION_CREATED",
-    "ANNOTATIONS_CREATED",
-    "ANNOTATION_UPDATED",
-    "ANNOTATIONS_DELETED",
-    "TASKS_CREATED",
-    "TASKS_DELETED",
-    "PROJECT_UPDATED",
-    "START_TRAINING",
-)
+ACTIONS = (*WEBHOOK_ACTIONS, "START_TRAINING")
 
 
 def fake_label_studio(request: httpx.Request) -> httpx.Response:
