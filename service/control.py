@@ -13,8 +13,8 @@ from starlette.responses import JSONResponse, Response
 from service import status, triggers
 from service.auth import bearer_allowed
 from service.context import Services
-from service.fold import as_id, project_row
 from service.labelstudio import LabelStudioError
+from service.payloads import as_id, project_row
 from storage import jobs, labels, models
 from storage.db import reading
 

@@ -17,9 +17,9 @@ from service.fold import FoldResult, fold_pending
 logger = logging.getLogger(__name__)
 
 
-# Events folded per transaction. The folder holds the in-process write lock meanwhile, so a
-# small batch bounds how long a webhook's commit can wait behind it.
-FOLD_BATCH = 20
+# Events folded per transaction. The folder holds the in-process write lock meanwhile, so the
+# batch bounds how long a webhook's commit can wait behind it (a few ms: it folds in sets).
+FOLD_BATCH = 100
 
 
 def fold_batch(services: Services) -> FoldResult:

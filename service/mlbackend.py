@@ -21,7 +21,7 @@ from service import triggers
 from service.auth import basic_or_bearer_allowed
 from service.context import Services
 from service.control import Handler
-from service.fold import as_id, project_row
+from service.payloads import as_id, project_row
 from storage import labels, models
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import torch
 
 from service.context import Services
 from service.embedding import Embedder, EmbedReport
-from service.fold import project_row
+from service.payloads import project_row
 from service.predictions import push_predictions
 from service.promotion import Decision, decide
 from service.settings import TrainingSettings

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 
 from service.auth import webhook_allowed
 from service.context import Services
-from service.fold import project_id_of
+from service.payloads import project_id_of
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from storage.db import for_update, utcnow
+from storage.db import utcnow
 from storage.tables import events
 
+FOLD_LOCK = 0x6C6C_F01D  # Postgres advisory lock held by the transaction that folds a batch
 # Repeating these is a new request, not a redelivery.
 REPEATABLE_ACTIONS = frozenset({"START_TRAINING"})
 
@@ -100,16 +101,21 @@ def append_many(
 
 
 def claim_unfolded(conn: Connection, limit: int = 500) -> list[tuple[int, str, str]]:
-    """The oldest events not yet folded, locked against other folders on Postgres."""
+    """The oldest events not yet folded.
+
+    On Postgres the caller's transaction first takes the fold lock, so replicas fold one batch
+    at a time and in order (a batch is read, then written in sets: two at once would race).
+    SQLite's single writer does the same there.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(FOLD_LOCK)))
     stmt = (
         sa.select(events.c.id, events.c.action, events.c.body)
-        .where(events.c.folded.is_(False))
+        .where(events.c.folded == sa.false())  # "= false", not "IS false": the partial index
         .order_by(events.c.id)
         .limit(limit)
     )
-    return [
-        (r.id, r.action, r.body) for r in conn.execute(for_update(conn, stmt, skip_locked=True))
-    ]
+    return [(r.id, r.action, r.body) for r in conn.execute(stmt)]
 
 
 def mark_folded(conn: Connection, event_ids: Sequence[int]) -> None:

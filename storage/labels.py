@@ -5,30 +5,18 @@ what is stored, deletions leave tombstones, and ``projects.changes`` counts only
 touch training data (so a redelivered webhook never counts twice).
 """
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from storage.db import for_update, upsert, utcnow
+from storage.db import upsert, utcnow
 from storage.tables import annotations, projects, tasks
 
-
-@dataclass(frozen=True)
-class Annotation:
-    id: int
-    task_id: int
-    project_id: int
-    label: str | None
-    was_cancelled: bool
-    updated_at: str
-
-    @property
-    def is_training_data(self) -> bool:
-        return self.label is not None and not self.was_cancelled
+# What the fold writes for an annotation (tombstones keep the row, with ``deleted`` set).
+ANNOTATION_COLUMNS = ("task_id", "project_id", "label", "was_cancelled", "deleted", "updated_at")
 
 
 def save_project(conn: Connection, project_id: int, values: Mapping[str, Any]) -> None:
@@ -51,7 +39,12 @@ def save_tasks(conn: Connection, project_id: int, rows: Sequence[Mapping[str, An
         {"id": int(r["id"]), "project_id": project_id, "data": r["data"], "deleted": False}
         for r in rows
     ]
-    upsert(conn, tasks, values, ["id"], ["project_id", "data", "deleted"])
+    save_task_rows(conn, values)
+
+
+def save_task_rows(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Upsert tasks ``{"id", "project_id", "data", "deleted"}`` (image columns untouched)."""
+    upsert(conn, tasks, rows, ["id"], ["project_id", "data", "deleted"])
 
 
 def delete_tasks(conn: Connection, task_ids: Sequence[int]) -> None:
@@ -67,49 +60,30 @@ def set_task_image(
     )
 
 
-def apply_annotation(conn: Connection, new: Annotation) -> bool:
-    """Fold one created/updated annotation; True when it changed training data."""
-    stmt = sa.select(annotations).where(annotations.c.id == new.id)
-    old = conn.execute(for_update(conn, stmt)).first()
-    if old is not None and (old.deleted or not _newer(new.updated_at, old.updated_at)):
-        return False  # a redelivery, an out-of-order older version, or a deleted annotation
-    values = {
-        "task_id": new.task_id,
-        "project_id": new.project_id,
-        "label": new.label,
-        "was_cancelled": new.was_cancelled,
-        "updated_at": new.updated_at,
-    }
-    if old is None:
-        conn.execute(annotations.insert().values(id=new.id, **values))
-    else:
-        conn.execute(annotations.update().where(annotations.c.id == new.id).values(**values))
-    was_training = old is not None and old.label is not None and not old.was_cancelled
-    changed = was_training or new.is_training_data
-    if changed:
-        _count_change(conn, new.project_id)
-    return changed
+def projects_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """The stored rows of these projects, by id, as plain dicts (absent ones are left out)."""
+    return _rows_by_id(conn, projects, ids)
 
 
-def delete_annotation(conn: Connection, annotation_id: int, project_id: int) -> bool:
-    """Tombstone an annotation; True when it was training data."""
-    stmt = sa.select(annotations).where(annotations.c.id == annotation_id)
-    old = conn.execute(for_update(conn, stmt)).first()
-    if old is None:
-        # Never seen: remember the deletion so a late create does not bring it back.
-        conn.execute(
-            annotations.insert().values(
-                id=annotation_id, task_id=0, project_id=project_id, deleted=True, updated_at=""
+def annotations_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """The stored rows of these annotations (tombstones included), by id, as plain dicts."""
+    return _rows_by_id(conn, annotations, ids)
+
+
+def save_annotations(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Upsert whole annotation rows (every column); the fold decides what is newer."""
+    upsert(conn, annotations, rows, ["id"], ANNOTATION_COLUMNS)
+
+
+def count_changes(conn: Connection, changes: Mapping[int, int]) -> None:
+    """Add to each project's count of changes to its training data."""
+    for project_id, n in sorted(changes.items()):
+        if n:
+            conn.execute(
+                projects.update()
+                .where(projects.c.id == project_id)
+                .values(changes=projects.c.changes + n)
             )
-        )
-        return False
-    if old.deleted:
-        return False
-    conn.execute(annotations.update().where(annotations.c.id == annotation_id).values(deleted=True))
-    changed = old.label is not None and not old.was_cancelled
-    if changed:
-        _count_change(conn, old.project_id)
-    return changed
 
 
 def annotation_states(conn: Connection, project_id: int) -> dict[int, tuple[str, bool]]:
@@ -168,18 +142,17 @@ def image_failures(conn: Connection, project_id: int, limit: int = 20) -> list[t
     return [(row.id, row.image_error) for row in conn.execute(stmt)]
 
 
-def _count_change(conn: Connection, project_id: int) -> None:
-    conn.execute(
-        projects.update().where(projects.c.id == project_id).values(changes=projects.c.changes + 1)
-    )
+def _rows_by_id(conn: Connection, table: sa.Table, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    unique = sorted(set(ids))
+    found: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(unique), 500):  # under every database's bound-parameter limit
+        query = sa.select(table).where(table.c.id.in_(unique[start : start + 500]))
+        found.update((row.id, dict(row._mapping)) for row in conn.execute(query))
+    return found
 
 
 def is_newer(candidate: str, stored: str) -> bool:
     """Whether Label Studio timestamp ``candidate`` is later than ``stored``."""
-    return _newer(candidate, stored)
-
-
-def _newer(candidate: str, stored: str) -> bool:
     try:
         return _parse(candidate) > _parse(stored)
     except (ValueError, TypeError):  # unparseable or naive/aware mix: ISO strings sort in order

@@ -81,10 +81,11 @@ def seed(
         labels.set_task_image(conn, task_id, image_hash=None, error=error)
     for n in range(1, 53):
         when = (start + timedelta(minutes=20 * n)).isoformat()
-        labels.apply_annotation(
-            conn,
-            labels.Annotation(n + 1000, n, BIRDS, classes[n % 5 // 2], False, when),
+        row = {"id": n + 1000, "task_id": n, "project_id": BIRDS, "label": classes[n % 5 // 2]}
+        labels.save_annotations(
+            conn, [{**row, "was_cancelled": False, "deleted": False, "updated_at": when}]
         )
+        labels.count_changes(conn, {BIRDS: 1})
         body = {"action": "ANNOTATION_CREATED", "project": {"id": BIRDS}, "n": n}
         event = events.append(
             conn, action="ANNOTATION_CREATED", project_id=BIRDS, body=json.dumps(body)

@@ -1,0 +1,157 @@
+"""What a Label Studio webhook body means: its project, tasks and annotations, validated.
+
+Reading a body is kept apart from applying it, so the fold can read a whole batch first and then
+write it in a few set-based statements. Anything malformed raises one of ``BAD_EVENT`` here,
+before any state changes, so one bad body is skipped whole. This module must never import torch
+(the webhook uses it).
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from service.labelconfig import ImageClassification, parse_label_config
+
+MAX_ID = 2**31 - 1  # Label Studio's ids, and ours, are 32-bit integers
+ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
+# What a malformed body raises while it is read or applied: it is skipped (it stays in the log).
+# A database that is down raises OperationalError instead, and the batch is retried later.
+BAD_EVENT = (
+    KeyError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    ArithmeticError,
+    sa.exc.DataError,
+    sa.exc.IntegrityError,
+)
+
+
+def as_id(value: Any) -> int:
+    """A Label Studio id: a non-negative 32-bit integer (or its digits); else ValueError."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID:
+        return value
+    raise ValueError(f"not an id: {value!r:.40}")
+
+
+def project_id_of(body: Mapping[str, Any]) -> int | None:
+    """The project an event belongs to: ``project`` is an object, or an id in some payloads."""
+    project = body.get("project")
+    if isinstance(project, Mapping):
+        project = project.get("id")
+    try:
+        return as_id(project)
+    except ValueError:
+        return None
+
+
+def project_row(project: Mapping[str, Any]) -> dict[str, Any]:
+    """Columns of the ``projects`` row for a Label Studio project object."""
+    config = parse_label_config(str(project.get("label_config") or ""))
+    if isinstance(config, ImageClassification):
+        parsed: dict[str, Any] = {
+            "image_key": config.image_key,
+            "from_name": config.from_name,
+            "to_name": config.to_name,
+            "choices": list(config.choices),
+            "unsupported_reason": None,
+        }
+    else:
+        parsed = dict.fromkeys(("image_key", "from_name", "to_name", "choices"))
+        parsed["unsupported_reason"] = config.reason
+    return {
+        "title": str(project.get("title") or ""),
+        "label_config": str(project.get("label_config") or ""),
+        **parsed,
+    }
+
+
+@dataclass(frozen=True)
+class AnnotationSeen:
+    """A created or updated annotation; its label needs the project's config to be read."""
+
+    id: int
+    task_id: int
+    was_cancelled: bool
+    updated_at: str
+    result: Any  # Label Studio's result list, as sent
+
+    def label(self, from_name: str | None) -> str | None:
+        """The first choice of the ``from_name`` control; None for a skip or no choice."""
+        if from_name is None or self.was_cancelled:
+            return None
+        for item in self.result:
+            if (
+                isinstance(item, Mapping)
+                and item.get("type") == "choices"
+                and item.get("from_name") == from_name
+            ):
+                choices = (item.get("value") or {}).get("choices") or []
+                if choices:
+                    return str(choices[0])
+        return None
+
+
+@dataclass
+class Event:
+    """One webhook body, read: what it says about its project's state."""
+
+    id: int
+    action: str
+    project_id: int
+    # The project object when the body carries its label config (title, label_config).
+    project: Mapping[str, Any] | None = None
+    tasks: list[dict[str, Any]] = field(default_factory=list)  # {"id", "data"} to save
+    annotations: list[AnnotationSeen] = field(default_factory=list)
+    deleted_annotations: list[int] = field(default_factory=list)
+    deleted_tasks: list[int] = field(default_factory=list)
+
+
+def read_event(event_id: int, action: str, body: Mapping[str, Any]) -> Event | None:
+    """The event's meaning; None when it belongs to no project. Raises one of ``BAD_EVENT``."""
+    project_id = project_id_of(body)
+    if project_id is None:
+        return None
+    project = body["project"]
+    event = Event(event_id, action, project_id)
+    if isinstance(project, Mapping) and "label_config" in project:
+        event.project = project
+    if action in ANNOTATION_ACTIONS:
+        event.tasks = _tasks(body.get("task"))
+        event.annotations = [_annotation(raw) for raw in _as_list(body["annotation"])]
+    elif action == "ANNOTATIONS_DELETED":
+        event.deleted_annotations = [as_id(a["id"]) for a in _as_list(body["annotations"])]
+    elif action == "TASKS_CREATED":
+        event.tasks = _tasks(body.get("tasks"))
+    elif action == "TASKS_DELETED":
+        event.deleted_tasks = [as_id(t["id"]) for t in _as_list(body.get("tasks"))]
+    return event
+
+
+def _annotation(raw: Mapping[str, Any]) -> AnnotationSeen:
+    task = raw["task"]
+    return AnnotationSeen(
+        id=as_id(raw["id"]),
+        task_id=as_id(task["id"] if isinstance(task, Mapping) else task),
+        was_cancelled=bool(raw.get("was_cancelled", False)),
+        updated_at=str(raw.get("updated_at") or raw.get("created_at") or ""),
+        result=raw.get("result") or [],
+    )
+
+
+def _tasks(raw: Any) -> list[dict[str, Any]]:
+    return [
+        {"id": as_id(t["id"]), "data": t.get("data") or {}}
+        for t in _as_list(raw)
+        if isinstance(t, Mapping) and "id" in t
+    ]
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
