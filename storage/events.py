@@ -65,8 +65,9 @@ def append(
 def append_many(
     conn: Connection, rows: Sequence[tuple[str, int | None, str]], source: str = "webhook"
 ) -> list[Appended]:
-    """Store (action, project id, body) rows in one transaction, in order: one multi-row
-    INSERT, and one SELECT for the bodies that were already stored."""
+    """Store (action, project id, body) rows in one transaction, in order: one INSERT for all
+    of them (compiled once, whatever the batch size), and one SELECT for the bodies that were
+    already stored."""
     now = utcnow()
     keys = [key for action, _, body in rows if (key := digest(action, body)) is not None]
     if len(keys) != len(rows):  # repeatable actions are never deduplicated: one by one
@@ -81,11 +82,10 @@ def append_many(
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = (
         dialect.insert(events)
-        .values(values)
         .on_conflict_do_nothing(index_elements=["digest"])
         .returning(events.c.id, events.c.digest)  # in no particular order: matched by digest
     )
-    inserted = {str(key): int(event_id) for event_id, key in conn.execute(stmt)}
+    inserted = {str(key): int(event_id) for event_id, key in conn.execute(stmt, values)}
     stored: dict[str, int] = {}
     if missing := [key for key in keys if key not in inserted]:
         query = sa.select(events.c.id, events.c.digest).where(events.c.digest.in_(missing))
