@@ -258,7 +258,9 @@ async def paced_load(
 ) -> Paced:
     """Send ``rate`` events/s for ``seconds`` on schedule; latency from each scheduled time."""
     parts = body_template(run)
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    # Connections at rest, with when each was last used: one idle longer than the server's
+    # keep-alive timeout (uvicorn: 5 s) may be closed under it, so it is not reused.
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
     opened = 0
     latencies: list[float] = []
     errors = 0
@@ -268,8 +270,12 @@ async def paced_load(
 
     async def connection() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         nonlocal opened
-        if idle:
-            return idle.pop()
+        while idle:
+            reader, writer, used = idle.pop()
+            if loop.time() - used < 2.0:
+                return reader, writer
+            writer.close()
+            opened -= 1
         if opened >= max_connections:
             raise RuntimeError("more than max_connections requests in flight")
         opened += 1
@@ -292,14 +298,16 @@ async def paced_load(
                 headers = await reader.readuntil(b"\r\n\r\n")
                 length = re.search(rb"(?i)content-length:\s*(\d+)", headers)
                 await reader.readexactly(int(length[1]) if length else 0)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, RuntimeError):
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, RuntimeError) as exc:
             errors += 1  # the connection is not reused
+            print(f"paced request {n} failed: {exc!r}", file=sys.stderr)
             return
         if status_line.split()[1] == b"200":
             latencies.append((loop.time() - scheduled) * 1000)
         else:
             errors += 1
-        idle.append((reader, writer))
+            print(f"paced request {n} answered {status_line!r}", file=sys.stderr)
+        idle.append((reader, writer, loop.time()))
 
     tasks = []
     start = loop.time() + 0.05
@@ -311,7 +319,7 @@ async def paced_load(
         tasks.append(asyncio.create_task(one(n, scheduled)))
     await asyncio.gather(*tasks)
     elapsed = loop.time() - start
-    for _, writer in idle:
+    for _, writer, _ in idle:
         writer.close()
     return Paced(target, rate, count, len(latencies), elapsed, latencies, errors)
 
