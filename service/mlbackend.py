@@ -119,6 +119,6 @@ def _project_id(value: Any) -> int | None:
 async def _json(request: Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to read
         return {}
     return body if isinstance(body, dict) else {}

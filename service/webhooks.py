@@ -50,6 +50,8 @@ async def _ingest(request: Request, services: Services) -> tuple[JSONResponse, s
         payload = json.loads(text, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError):
         return _error(400, "body is not JSON"), None, "rejected"
+    except RecursionError:  # a few kB of "[[[[..." is enough
+        return _error(400, "body is JSON nested too deeply"), None, "rejected"
     if not isinstance(payload, dict):
         return _error(400, "body must be a JSON object"), None, "rejected"
     action = payload.get("action")

@@ -53,6 +53,9 @@ async def test_predict_setup_and_train(services: Services, fake: FakeLabelStudio
 
         assert client.post("/predict", json={"tasks": tasks, "project": "1"}).status_code == 401
         assert client.post("/setup", json={}, headers=basic("wrong")).status_code == 401
+        deep = b"[" * 30_000 + b"]" * 30_000  # more nesting than Python's JSON reader takes
+        for route in ("/setup", "/predict", "/train"):
+            assert client.post(route, content=deep, headers=basic(TOKEN)).status_code == 400
 
         # "Start training", old style and new style, both queue a manual retrain.
         assert client.post("/train", json={"project": "1.17"}, headers=basic(TOKEN)).json()["job"]

@@ -103,6 +103,7 @@ def test_same_body_twice_changes_no_counts(client: TestClient) -> None:
         ({"project": 1}, SECRET, 400, "'action'"),
         ({"action": 5}, SECRET, 400, "'action'"),
         (b'{"action": "X", "pad": "' + b"x" * 70_000 + b'"}', SECRET, 413, "larger than"),
+        (b"[" * 30_000 + b"]" * 30_000, SECRET, 400, "nested too deeply"),
     ],
     ids=[
         "no-secret",
@@ -113,6 +114,7 @@ def test_same_body_twice_changes_no_counts(client: TestClient) -> None:
         "no-action",
         "action-not-string",
         "too-large",
+        "too-deep",
     ],
 )
 def test_bad_input_is_refused_and_not_stored(
