@@ -52,7 +52,6 @@ if str(REPO) not in sys.path:
 from bench.kill_drill import (  # noqa: E402
     SECRET,
     Server,
-    clean_env,
     event_body,
     fresh_postgres,
     postgres_admin_url,
@@ -97,18 +96,8 @@ def serve_bare(port: int) -> None:
 
 @dataclass
 class BareServer(Server):
-    def launch(self) -> None:
-        self.starts += 1
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "--serve-bare", str(self.port)],
-                cwd=REPO,
-                env=clean_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+    def command(self) -> list[str]:
+        return [sys.executable, str(Path(__file__).resolve()), "--serve-bare", str(self.port)]
 
 
 # ---------------------------------------------------------------------------------------------

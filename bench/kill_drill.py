@@ -151,15 +151,20 @@ class Server:
     def log_path(self) -> Path:
         return self.home / "serve.log"
 
-    def launch(self) -> None:
+    def command(self) -> list[str]:
+        """What `launch` runs (subclasses serve something else on the same port)."""
         config = self.home / "settings.toml"
         config.write_text(settings_toml(self.database_url, self.port, self.label_studio_url))
+        return [sys.executable, "-m", "service", "serve", "--no-worker", "--config", str(config)]
+
+    def launch(self) -> None:
+        command = self.command()
         self.starts += 1
         with open(self.log_path, "ab") as log:
             log.write(f"---- start {self.starts} ----\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service", "serve", "--no-worker", "--config", str(config)],
+                command,
                 cwd=REPO,
                 env=clean_env(),
                 stdin=subprocess.DEVNULL,

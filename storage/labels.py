@@ -1,8 +1,8 @@
 """The label state folded from the event log: projects, tasks and their current annotations.
 
-Folding is idempotent: an annotation change applies only if its ``updated_at`` is newer than
-what is stored, deletions leave tombstones, and ``projects.changes`` counts only changes that
-touch training data (so a redelivered webhook never counts twice).
+The rules of folding (newer ``updated_at`` wins, deletions leave tombstones, ``changes``
+counts only changes to training data) live in service/fold.py; this module reads and writes the
+rows, in sets, as the fold decides.
 """
 
 from collections.abc import Iterable, Mapping, Sequence
