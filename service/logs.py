@@ -6,10 +6,11 @@ it, so one webhook can be followed through the log.
 """
 
 import contextvars
+import itertools
 import json
 import logging
 import re
-import uuid
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,24 +53,35 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
 
 
 class RequestIdMiddleware:
-    """Pure ASGI (no body buffering): sets the request id and echoes it as X-Request-ID."""
+    """Pure ASGI (no body buffering): sets the request id and echoes it as X-Request-ID.
+
+    It sits in front of every webhook, so it is kept cheap: generated ids are a random
+    per-process prefix and a counter (no ``os.urandom`` per request), and the caller's header
+    is found without building a dict of all headers.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._prefix = secrets.token_hex(4)
+        self._counter = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _SANE.match(given) else uuid.uuid4().hex[:16]
+        request_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")
+                break
+        if not _SANE.match(request_id):
+            request_id = f"{self._prefix}{next(self._counter) & 0xFFFFFFFF:08x}"
+        header = (b"x-request-id", request_id.encode())
         token = REQUEST_ID.set(request_id)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                message = {**message, "headers": headers}
+                message = {**message, "headers": [*message.get("headers", ()), header]}
             await send(message)
 
         try:

@@ -102,10 +102,15 @@ class Metrics:
         for kind in ERROR_KINDS:
             self.label_studio_errors.labels(kind=kind)
         self.registry.register(JobsCollector(engine))
+        self._webhook_counters: dict[tuple[str, str], Counter] = {}
 
     def webhook(self, action: str | None, outcome: str, seconds: float) -> None:
         """One webhook answered: one counter increment, one histogram observation."""
-        self.webhook_events.labels(action=action_label(action), outcome=outcome).inc()
+        key = (action_label(action), outcome)
+        if (counter := self._webhook_counters.get(key)) is None:
+            # labels() costs ~10 us (validation, a lock): once per series, not per webhook.
+            counter = self._webhook_counters[key] = self.webhook_events.labels(*key)
+        counter.inc()
         self.webhook_seconds.observe(seconds)
 
     def training(self, kind: str, seconds: float) -> None:
