@@ -43,7 +43,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     from service.app import create_app
 
     upgrade(settings.database.url)
-    app = create_app(settings, run_worker=not args.no_worker)
+    app = create_app(settings, run_worker=not args.no_worker, writer_process=True)
     uvicorn.run(
         app, host=settings.server.host, port=settings.server.port, access_log=False, log_config=None
     )

@@ -1,13 +1,16 @@
 """create_app(settings): the routes, and a lifespan that owns every resource.
 
-The lifespan opens the database engine and the Label Studio client, starts the folder (events ->
-labels), the scheduler and, unless disabled, the in-process worker; it stops them in reverse.
+The lifespan opens the database engine and the Label Studio client, starts the event writer and
+the folder (events -> labels; in this process, or both in the writer process), the scheduler
+and, unless disabled, the in-process worker; it stops them in reverse.
 """
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -21,12 +24,14 @@ from starlette.routing import Route
 from service import control, mlbackend, page
 from service.catchup import catch_up_all
 from service.context import open_services
+from service.eventlog import EventWriter
 from service.folder import run_folder
 from service.logs import RequestIdMiddleware
 from service.metrics import metrics_endpoint
 from service.schedules import start_scheduler
 from service.settings import Settings
 from service.webhooks import webhook
+from service.writer_client import WriterProcess
 
 logger = logging.getLogger(__name__)
 
@@ -37,32 +42,50 @@ def create_app(
     settings: Settings,
     *,
     run_worker: bool = True,
+    writer_process: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Starlette:
-    """``transport`` replaces the network under the Label Studio client (tests)."""
+    """``writer_process``: store and fold webhooks in a child process (what `labelloop serve`
+    does: the server's interpreter then only parses and answers); else in this process.
+    ``transport`` replaces the network under the Label Studio client (tests)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         _warn_if_open(settings)
-        async with open_services(settings, transport=transport) as services:
+        async with open_services(
+            settings, transport=transport, writer_process=writer_process
+        ) as services:
             app.state.services = services
-            tasks = [
-                asyncio.create_task(services.event_writer.run(), name="event-writer"),
-                asyncio.create_task(run_folder(services), name="folder"),
-                # What webhooks missed while labelloop was down; in the background, so the
-                # webhook answers from the first second.
-                asyncio.create_task(catch_up_all(services), name="catch-up"),
-            ]
+            writer = services.event_writer
+            if isinstance(writer, WriterProcess):
+                await writer.start()  # before the first webhook; it folds what is left
+                tasks: list[asyncio.Task[Any]] = [
+                    asyncio.create_task(writer.run(), name="writer-process")
+                ]
+            else:
+                assert isinstance(writer, EventWriter)
+                tasks = [
+                    asyncio.create_task(writer.run(), name="event-writer"),
+                    asyncio.create_task(run_folder(services, writer), name="folder"),
+                ]
+            # What webhooks missed while labelloop was down; in the background, so the
+            # webhook answers from the first second.
+            tasks.append(asyncio.create_task(catch_up_all(services), name="catch-up"))
             if run_worker:
                 from service.worker import Worker  # torch loads here, never on the ingest path
 
                 app.state.worker = Worker(services)
                 tasks.append(asyncio.create_task(app.state.worker.run(), name="worker"))
             scheduler = start_scheduler(services)
+            # Everything loaded so far lives as long as the server: a full collection need not
+            # walk it again (it did, 40 ms at a time, in the middle of webhooks).
+            gc.freeze()
             try:
                 yield
             finally:
                 scheduler.shutdown(wait=False)
+                if isinstance(writer, WriterProcess):
+                    await writer.stop()  # it answers what it took, then exits
                 for task in tasks:
                     task.cancel()
                 # Bounded: a task that swallowed its cancellation must not hang the shutdown.

@@ -86,7 +86,7 @@ async def catch_up(services: Services, project_id: int) -> CatchUpReport:
             report.changed,
             report.deleted,
         )
-        services.events_arrived.set()
+        services.event_writer.notify_appended()
     return report
 
 

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import httpx
 from sqlalchemy.engine import Engine
@@ -12,7 +13,17 @@ from service.eventlog import EventWriter
 from service.labelstudio import LabelStudio
 from service.metrics import Metrics
 from service.settings import Settings
+from service.writer_client import WriterProcess
 from storage.db import create_engine
+from storage.events import Appended
+
+
+class EventLog(Protocol):
+    """Where webhooks append: in-process (EventWriter) or the writer process (WriterProcess)."""
+
+    async def append(self, action: str, project_id: int | None, body: str) -> Appended: ...
+
+    def notify_appended(self) -> None: ...
 
 
 @dataclass
@@ -23,9 +34,9 @@ class Services:
     # Writes to SQLite go through this lock in-process, so they queue here rather than in
     # SQLite's busy-retry sleeps. The event writer and the folder take it.
     write_lock: asyncio.Lock
-    event_writer: EventWriter
+    event_writer: EventLog
     metrics: Metrics
-    # Set after each committed webhook: the folder wakes and folds it.
+    # Set after each event committed in-process: the in-process folder wakes and folds it.
     events_arrived: asyncio.Event = field(default_factory=asyncio.Event)
     # Set whenever a job is queued: the in-process worker wakes and claims it.
     jobs_queued: asyncio.Event = field(default_factory=asyncio.Event)
@@ -33,22 +44,37 @@ class Services:
 
 @contextlib.asynccontextmanager
 async def open_services(
-    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    writer_process: bool = False,
 ) -> AsyncIterator[Services]:
-    """The database engine and the Label Studio client; ``transport`` fakes the network."""
+    """The database engine and the Label Studio client; ``transport`` fakes the network.
+
+    With ``writer_process`` webhooks are stored and folded by a child process (started and
+    stopped by the caller: ``event_writer.start()``/``run()``/``stop()``); else in-process.
+    """
     engine = create_engine(settings.database.url)
     label_studio = LabelStudio(
         settings.label_studio.url, settings.label_studio.api_key, transport=transport
     )
     write_lock = asyncio.Lock()
+    events_arrived, jobs_queued = asyncio.Event(), asyncio.Event()
+    event_writer: EventLog = (
+        WriterProcess(settings, on_jobs_queued=jobs_queued.set)
+        if writer_process
+        else EventWriter(engine, write_lock, events_arrived)
+    )
     try:
         yield Services(
             settings=settings,
             engine=engine,
             label_studio=label_studio,
             write_lock=write_lock,
-            event_writer=EventWriter(engine, write_lock),
+            event_writer=event_writer,
             metrics=Metrics(engine),
+            events_arrived=events_arrived,
+            jobs_queued=jobs_queued,
         )
     finally:
         await label_studio.aclose()

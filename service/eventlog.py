@@ -28,9 +28,15 @@ class _Pending:
 
 
 class EventWriter:
-    def __init__(self, engine: Engine, write_lock: asyncio.Lock) -> None:
+    """In the server's own process (tests, embedding); `labelloop serve` uses the writer
+    process instead (service/writer_client.py). Sets ``events_arrived`` for the folder."""
+
+    def __init__(
+        self, engine: Engine, write_lock: asyncio.Lock, events_arrived: asyncio.Event
+    ) -> None:
         self._engine = engine
         self._write_lock = write_lock
+        self._events_arrived = events_arrived
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._idle = asyncio.Event()  # set while no webhook waits for its commit
         self._idle.set()
@@ -46,7 +52,14 @@ class EventWriter:
         pending = _Pending(action, project_id, body)
         self._idle.clear()
         await self._queue.put(pending)
-        return await pending.done
+        appended = await pending.done
+        if not appended.duplicate:
+            self._events_arrived.set()
+        return appended
+
+    def notify_appended(self) -> None:
+        """Events were appended outside this writer (catch-up): wake the folder."""
+        self._events_arrived.set()
 
     async def run(self) -> None:
         while True:

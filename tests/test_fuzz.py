@@ -589,7 +589,7 @@ def test_database_fault_is_503_and_nothing_is_acknowledged(client: TestClient) -
 async def test_one_refused_event_does_not_fail_its_batch(engine: Engine) -> None:
     """Concurrent webhooks share a transaction; an event the database refuses (here a project
     id no integer column holds) must fail alone, not take its neighbours down with it."""
-    writer = EventWriter(engine, asyncio.Lock())
+    writer = EventWriter(engine, asyncio.Lock(), asyncio.Event())
     runner = asyncio.create_task(writer.run())
     good = [json.dumps({"action": "X", "project": 1, "n": n}) for n in range(20)]
     try:
@@ -615,7 +615,7 @@ async def test_one_refused_event_does_not_fail_its_batch(engine: Engine) -> None
 @pytest.mark.anyio
 async def test_identical_bodies_in_one_batch_are_stored_once(engine: Engine) -> None:
     """A redelivery that lands in the same group commit as its original is still one event."""
-    writer = EventWriter(engine, asyncio.Lock())
+    writer = EventWriter(engine, asyncio.Lock(), asyncio.Event())
     runner = asyncio.create_task(writer.run())
     body = json.dumps({"action": "X", "project": 1})
     other = json.dumps({"action": "X", "project": 2})
