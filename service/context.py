@@ -25,6 +25,10 @@ class EventLog(Protocol):
 
     def notify_appended(self) -> None: ...
 
+    def down_reason(self) -> str | None:
+        """Why appends fail right now, or None (for /health)."""
+        ...
+
 
 @dataclass
 class Services:

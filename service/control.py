@@ -46,6 +46,8 @@ async def health(request: Request) -> JSONResponse:
     except sa.exc.DBAPIError as exc:
         reason = f"database unavailable: {type(exc.orig).__name__}"
         return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+    if down := services.event_writer.down_reason():
+        return JSONResponse({"status": "unavailable", "reason": down}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 

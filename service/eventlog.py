@@ -61,6 +61,9 @@ class EventWriter:
         """Events were appended outside this writer (catch-up): wake the folder."""
         self._events_arrived.set()
 
+    def down_reason(self) -> str | None:
+        return None  # it shares the server's fate; the database is checked apart
+
     async def run(self) -> None:
         while True:
             batch = [await self._queue.get()]

@@ -80,6 +80,9 @@ class WriterProcess:
         if self._proc is not None:
             self._send(frames.frame(frames.WAKE))
 
+    def down_reason(self) -> str | None:
+        return None if self._proc is not None else "the log writer is not running (restarting)"
+
     async def run(self) -> None:
         """Watch the writer; start it again whenever it exits, until stop()."""
         while not self._stopping:

@@ -196,14 +196,17 @@ def test_the_webhook_through_the_writer_process(served: TestClient) -> None:
     assert again.json() == {**first.json(), "duplicate": True}
 
 
-def test_the_webhook_answers_503_while_the_writer_is_down(served: TestClient) -> None:
+def test_webhook_and_health_answer_503_while_the_writer_is_down(served: TestClient) -> None:
     writer = served.app.state.services.event_writer  # type: ignore[attr-defined]
     assert isinstance(writer, WriterProcess)
     proc, writer._proc = writer._proc, None  # as between a crash and the restart
     headers = {"X-Labelloop-Secret": "s", "Content-Type": "application/json"}
     try:
         answer = served.post("/webhook", content=body(1), headers=headers)
+        health = served.get("/health")
     finally:
         writer._proc = proc
     assert answer.status_code == 503
     assert answer.json()["error"] == "database unavailable; event not stored"
+    assert health.status_code == 503 and "log writer" in health.json()["reason"]
+    assert served.get("/health").json() == {"status": "ok"}
