@@ -36,7 +36,8 @@ class Services:
     engine: Engine
     label_studio: LabelStudio
     # Writes to SQLite go through this lock in-process, so they queue here rather than in
-    # SQLite's busy-retry sleeps. The event writer and the folder take it.
+    # SQLite's busy-retry sleeps. The in-process event writer and folder take it (the writer
+    # process serialises its own inserts and folds).
     write_lock: asyncio.Lock
     event_writer: EventLog
     metrics: Metrics
