@@ -12,7 +12,6 @@ folded again one event at a time, so exactly the bad event is skipped.
 """
 
 import contextlib
-import json
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -27,6 +26,7 @@ from service.payloads import (
     BAD_EVENT,
     AnnotationSeen,
     Event,
+    parse_json,
     project_row,
     read_event,
 )
@@ -119,7 +119,7 @@ def fold_pending(conn: Connection, settings: Settings, limit: int = 500) -> Fold
 
 def _read(event_id: int, action: str, body: str) -> Event | None:
     try:
-        event = read_event(event_id, action, json.loads(body))
+        event = read_event(event_id, action, parse_json(body))
     except (*BAD_EVENT, RecursionError) as exc:
         logger.warning("event %d (%s) could not be folded: %r", event_id, action, exc)
         return None

@@ -29,7 +29,7 @@ from service.fold import fold_batch
 from service.logs import configure_logging
 from service.settings import Settings
 from storage import events
-from storage.db import create_engine
+from storage.db import Checkpointer, create_engine
 
 logger = logging.getLogger("service.writer_process")
 
@@ -144,7 +144,10 @@ def serve(in_fd: int, out_fd: int) -> None:
         raise SystemExit(f"writer: first frame must be the settings, not {kind!r}")
     settings = frames.read_settings(payload)
     configure_logging(settings.server.log_format)
-    engine = create_engine(settings.database.url)
+    engine = create_engine(settings.database.url, checkpoint_apart=True)
+    checkpointer = Checkpointer(engine) if engine.dialect.name == "sqlite" else None
+    if checkpointer is not None:
+        checkpointer.start()
     writer = Writer(engine, settings, out_fd)
     gc.freeze()  # what is loaded by now lives forever: full collections skip it (~30 ms each)
     try:
@@ -159,6 +162,8 @@ def serve(in_fd: int, out_fd: int) -> None:
                 writer.handle(reader.feed(data))
             writer.fold_if_due(time.monotonic())
     finally:
+        if checkpointer is not None:
+            checkpointer.stop()
         writer.close()
         engine.dispose()
 

@@ -21,6 +21,7 @@ from service import writer_frames as frames
 from service.app import create_app
 from service.settings import DatabaseSettings, Settings, TrainingSettings, WebhookSettings
 from service.writer_client import EventNotStored, WriterProcess
+from storage import events as event_log
 from storage.db import create_engine
 from storage.tables import annotations, events
 from tests import payloads
@@ -210,3 +211,27 @@ def test_webhook_and_health_answer_503_while_the_writer_is_down(served: TestClie
     assert answer.json()["error"] == "database unavailable; event not stored"
     assert health.status_code == 503 and "log writer" in health.json()["reason"]
     assert served.get("/health").json() == {"status": "ok"}
+
+
+def test_the_writer_engine_leaves_checkpoints_to_the_checkpointer(sqlite_url: str) -> None:
+    from storage.db import Checkpointer
+
+    plain, apart = create_engine(sqlite_url), create_engine(sqlite_url, checkpoint_apart=True)
+    with plain.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
+    with apart.begin() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        rows = [("ANNOTATION_CREATED", 1, body(i)) for i in range(50)]
+        event_log.append_many(conn, rows)
+    checkpointer = Checkpointer(apart, interval=0.01)
+    raw = apart.raw_connection()
+    try:
+        log, copied = checkpointer.checkpoint(raw.driver_connection)
+    finally:
+        raw.close()
+    assert log > 0 and copied == log  # everything in the WAL is now in the database file
+    checkpointer.start()
+    checkpointer.stop()  # joins its thread (bounded)
+    assert not checkpointer._thread.is_alive()
+    plain.dispose()
+    apart.dispose()
