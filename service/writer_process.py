@@ -194,8 +194,10 @@ def serve(in_fd: int, out_fd: int) -> None:
             if readable:
                 if not (data := os.read(in_fd, READ_CHUNK)):
                     break  # the server closed the pipe, or died
-                writer.last_input = time.monotonic()
                 writer.handle(reader.feed(data))
+                # Quiet means nothing arrived since this batch was answered (a batch that
+                # waited for a fold must not make the pipe look quiet).
+                writer.last_input = time.monotonic()
             writer.fold_if_due(time.monotonic())
     finally:
         if checkpointer is not None:
