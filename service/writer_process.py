@@ -2,7 +2,8 @@
 
 `labelloop serve` starts it and hands it every webhook over a pipe (service/writer_client.py).
 It commits what has queued up in one transaction (group commit), answers each event only after
-that commit, and folds the committed events into the label state between commits. Moving this
+that commit, and folds the committed events into the label state on a thread of its own (and,
+on SQLite, checkpoints the WAL on another: storage.db.Checkpointer). Moving this
 out of the serving process is what makes ingest fast: the server's interpreter only parses and
 answers, while the inserts and the fold (SQLAlchemy, ~0.1-0.3 ms of Python per event) run on
 another core, without competing for one GIL.
