@@ -1,5 +1,6 @@
 """The append-only event log: every accepted webhook body, verbatim, with its arrival time."""
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,12 +80,7 @@ def append_many(
         {"action": a, "project_id": p, "body": b, "digest": k, "source": source, "received_at": now}
         for (a, p, b), k in zip(rows, keys, strict=True)
     ]
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = (
-        dialect.insert(events)
-        .on_conflict_do_nothing(index_elements=["digest"])
-        .returning(events.c.id, events.c.digest)  # in no particular order: matched by digest
-    )
+    stmt = _insert_many(conn.dialect.name)
     inserted = {str(key): int(event_id) for event_id, key in conn.execute(stmt, values)}
     stored: dict[str, int] = {}
     if missing := [key for key in keys if key not in inserted]:
@@ -100,6 +96,18 @@ def append_many(
     return answers
 
 
+@functools.cache
+def _insert_many(dialect_name: str) -> sa.Insert:
+    """Built once per dialect: the writer runs it for every batch of webhooks."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    stmt: sa.Insert = (
+        dialect.insert(events)
+        .on_conflict_do_nothing(index_elements=["digest"])
+        .returning(events.c.id, events.c.digest)  # in no particular order: matched by digest
+    )
+    return stmt
+
+
 def claim_unfolded(conn: Connection, limit: int = 500) -> list[tuple[int, str, str]]:
     """The oldest events not yet folded.
 
@@ -108,19 +116,26 @@ def claim_unfolded(conn: Connection, limit: int = 500) -> list[tuple[int, str, s
     SQLite's single writer does the same there.
     """
     if conn.dialect.name == "postgresql":
-        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(FOLD_LOCK)))
-    stmt = (
-        sa.select(events.c.id, events.c.action, events.c.body)
-        .where(events.c.folded == sa.false())  # "= false", not "IS false": the partial index
-        .order_by(events.c.id)
-        .limit(limit)
-    )
-    return [(r.id, r.action, r.body) for r in conn.execute(stmt)]
+        conn.execute(_FOLD_LOCK)
+    return [(r.id, r.action, r.body) for r in conn.execute(_UNFOLDED, {"limit": limit})]
 
 
 def mark_folded(conn: Connection, event_ids: Sequence[int]) -> None:
     if event_ids:
-        conn.execute(events.update().where(events.c.id.in_(event_ids)).values(folded=True))
+        conn.execute(_MARK_FOLDED, {"ids": list(event_ids)})
+
+
+# Built once (the fold runs these every batch; building one costs more than running it).
+_FOLD_LOCK = sa.select(sa.func.pg_advisory_xact_lock(FOLD_LOCK))
+_UNFOLDED = (
+    sa.select(events.c.id, events.c.action, events.c.body)
+    .where(events.c.folded == sa.false())  # "= false", not "IS false": the partial index
+    .order_by(events.c.id)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+_MARK_FOLDED = (
+    events.update().where(events.c.id.in_(sa.bindparam("ids", expanding=True))).values(folded=True)
+)
 
 
 def count(conn: Connection, project_id: int) -> int:

@@ -152,13 +152,19 @@ def recover_stale(
 
 def changes_since_last_job(conn: Connection, project_id: int) -> int:
     """Annotation changes not yet seen by any started training (what the threshold counts)."""
-    mark = sa.select(sa.func.max(jobs.c.change_mark)).where(
-        jobs.c.project_id == project_id, jobs.c.kind.in_(TRAININGS)
+    return int(conn.execute(_CHANGES_SINCE_LAST_JOB, {"project_id": project_id}).scalar() or 0)
+
+
+# Built once: every fold runs it for each project it touched.
+_CHANGES_SINCE_LAST_JOB = sa.select(
+    projects.c.changes
+    - sa.func.coalesce(
+        sa.select(sa.func.max(jobs.c.change_mark))
+        .where(jobs.c.project_id == sa.bindparam("project_id"), jobs.c.kind.in_(TRAININGS))
+        .scalar_subquery(),
+        0,
     )
-    stmt = sa.select(projects.c.changes - sa.func.coalesce(mark.scalar_subquery(), 0)).where(
-        projects.c.id == project_id
-    )
-    return int(conn.execute(stmt).scalar() or 0)
+).where(projects.c.id == sa.bindparam("project_id"))
 
 
 def has_pending(conn: Connection, project_id: int) -> bool:

@@ -18,6 +18,19 @@ from storage.tables import annotations, projects, tasks
 # What the fold writes for an annotation (tombstones keep the row, with ``deleted`` set).
 ANNOTATION_COLUMNS = ("task_id", "project_id", "label", "was_cancelled", "deleted", "updated_at")
 
+# The fold's statements are built once: building one costs ~0.12 ms of Python on this machine,
+# more than running it, and a fold runs about ten.
+_PROJECT = sa.select(projects).where(projects.c.id == sa.bindparam("project_id"))
+_COUNT_CHANGES = (
+    projects.update()
+    .where(projects.c.id == sa.bindparam("project_id"))
+    .values(changes=projects.c.changes + sa.bindparam("n"))
+)
+_BY_IDS = {
+    table: sa.select(table).where(table.c.id.in_(sa.bindparam("ids", expanding=True)))
+    for table in (projects, annotations)
+}
+
 
 def save_project(conn: Connection, project_id: int, values: Mapping[str, Any]) -> None:
     """Create or update a project row (title, label_config and the parsed config columns)."""
@@ -26,7 +39,7 @@ def save_project(conn: Connection, project_id: int, values: Mapping[str, Any]) -
 
 
 def get_project(conn: Connection, project_id: int) -> Row[Any] | None:
-    return conn.execute(sa.select(projects).where(projects.c.id == project_id)).first()
+    return conn.execute(_PROJECT, {"project_id": project_id}).first()
 
 
 def list_projects(conn: Connection) -> Sequence[Row[Any]]:
@@ -79,11 +92,7 @@ def count_changes(conn: Connection, changes: Mapping[int, int]) -> None:
     """Add to each project's count of changes to its training data."""
     for project_id, n in sorted(changes.items()):
         if n:
-            conn.execute(
-                projects.update()
-                .where(projects.c.id == project_id)
-                .values(changes=projects.c.changes + n)
-            )
+            conn.execute(_COUNT_CHANGES, {"project_id": project_id, "n": n})
 
 
 def annotation_states(conn: Connection, project_id: int) -> dict[int, tuple[str, bool]]:
@@ -146,8 +155,10 @@ def _rows_by_id(conn: Connection, table: sa.Table, ids: Iterable[int]) -> dict[i
     unique = sorted(set(ids))
     found: dict[int, dict[str, Any]] = {}
     for start in range(0, len(unique), 500):  # under every database's bound-parameter limit
-        query = sa.select(table).where(table.c.id.in_(unique[start : start + 500]))
-        found.update((row.id, dict(row._mapping)) for row in conn.execute(query))
+        chunk = unique[start : start + 500]
+        found.update(
+            (row.id, dict(row._mapping)) for row in conn.execute(_BY_IDS[table], {"ids": chunk})
+        )
     return found
 
 
