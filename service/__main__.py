@@ -35,6 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(command(settings, args))
     except KeyboardInterrupt:
         return 130
+    except httpx.TransportError as exc:  # status/retrain talk to a running labelloop
+        url = _server_url(settings, args)
+        print(
+            f"labelloop: cannot reach {url} ({exc}); is labelloop serve running?", file=sys.stderr
+        )
+        return 1
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -174,11 +180,16 @@ def _job_line(job: dict[str, Any]) -> str:
     return f"job {job['id']} ({job['reason']}) {job['status']}{detail}{version}{error}"
 
 
-def _api(settings: Settings, args: argparse.Namespace) -> httpx.Client:
+def _server_url(settings: Settings, args: argparse.Namespace) -> str:
     host = settings.server.host
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    url = args.url or f"http://{host}:{settings.server.port}"
-    headers = {"Authorization": f"Bearer {settings.server.api_token}"}
+    return getattr(args, "url", None) or f"http://{host}:{settings.server.port}"
+
+
+def _api(settings: Settings, args: argparse.Namespace) -> httpx.Client:
+    url = _server_url(settings, args)
+    token = settings.server.api_token
+    headers = {"Authorization": f"Bearer {token}"} if token else {}  # "Bearer " alone is illegal
     return httpx.Client(base_url=url, headers=headers, timeout=30.0)
 
 

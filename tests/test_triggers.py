@@ -1,6 +1,8 @@
 """Schedules and manual requests turn into job rows; the CLI speaks for a person."""
 
+import argparse
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from service.__main__ import main
 from service.context import Services, open_services
 from service.fold import fold_pending
 from service.schedules import start_scheduler
-from service.settings import DatabaseSettings, Settings, TrainingSettings
+from service.settings import DatabaseSettings, ServerSettings, Settings, TrainingSettings
 from storage import events, jobs
 from tests import payloads
 
@@ -87,3 +89,30 @@ def test_cli_migrate_creates_the_database(
     config.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/sub/db.sqlite"\n')
     assert main(["migrate", "--config", str(config)]) == 0
     assert (tmp_path / "sub" / "db.sqlite").exists()
+
+
+def test_cli_status_says_when_no_server_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No traceback: a clear line, exit 1 (and no illegal 'Bearer ' header when the token is
+    empty, which httpx refused before the request was even sent)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free, and nothing listens on it once closed
+    config = tmp_path / "settings.toml"
+    config.write_text(f"[server]\nport = {port}\n")
+    assert main(["status", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot reach http://127.0.0.1:{port}" in err
+    assert "Traceback" not in err and "Bearer" not in err
+
+
+def test_cli_sends_no_authorization_header_without_a_token() -> None:
+    """h11 refuses the header value 'Bearer ' when it sends the request (a traceback before)."""
+    from service.__main__ import _api
+
+    args = argparse.Namespace(url=None)
+    with _api(Settings(), args) as open_api:
+        assert "authorization" not in open_api.headers
+    with _api(Settings(server=ServerSettings(api_token="t")), args) as api:
+        assert api.headers["authorization"] == "Bearer t"
