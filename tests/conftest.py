@@ -1,14 +1,13 @@
 """Shared fixtures: a migrated database per test, on SQLite and (when available) Postgres."""
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from bench.kill_drill import fresh_postgres
 from service.context import Services, open_services
 from service.settings import DatabaseSettings, LabelStudioSettings, Settings, TrainingSettings
 from storage.db import create_engine
@@ -30,16 +29,8 @@ def _postgres_database() -> Iterator[str]:
         if REQUIRE_SERVICES:
             pytest.fail("LABELLOOP_TEST_POSTGRES_URL is not set, and CI requires Postgres")
         pytest.skip("no Postgres (set LABELLOOP_TEST_POSTGRES_URL)")
-    name = f"labelloop_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres(POSTGRES_URL, prefix="labelloop") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -407,69 +407,31 @@ authorizations = st.one_of(
 )
 
 
+# Regressions the fuzzer once found, replayed on every run: (route, project, version).
+CONTROL_EXAMPLES = [
+    (("GET", "/projects/{id}"), "abc", "v1"),
+    (("GET", "/projects/{id}"), str(2**70), "v1"),
+    (("GET", "/projects/{id}"), str(2**31), "v1"),
+    (("POST", "/projects/{id}/train"), str(2**70), "v1"),
+    (("POST", "/projects/{id}/train"), str(2**31), "v1"),
+    (("GET", "/projects/{id}/models"), str(2**63), "v1"),
+    (("POST", "/projects/{id}/models/{version}/activate"), "1", "\x00"),
+    (("POST", "/projects/{id}/models/{version}/activate"), "1", "v1"),
+    (("POST", "/projects/{id}/train"), str(LS_ONLY_PROJECT), "v1"),
+    (("DELETE", "/projects/{id}"), "1", "v1"),
+]
+
+
+def with_control_examples(test: Any) -> Any:
+    for route, project, version in reversed(CONTROL_EXAMPLES):  # decorators apply bottom-up
+        test = example(route=route, project=project, version=version, authorization=AUTH)(test)
+    return test
+
+
 def test_control_api(client: TestClient) -> None:
     @FUZZ
     @given(route=routes, project=path_ids, version=versions, authorization=authorizations)
-    @example(
-        route=("GET", "/projects/{id}"),
-        project="abc",
-        version="v1",
-        authorization=AUTH,
-    )
-    @example(
-        route=("GET", "/projects/{id}"),
-        project=str(2**70),
-        version="v1",
-        authorization=AUTH,
-    )
-    @example(
-        route=("GET", "/projects/{id}"),
-        project=str(2**31),
-        version="v1",
-        authorization=AUTH,
-    )
-    @example(
-        route=("POST", "/projects/{id}/train"),
-        project=str(2**70),
-        version="v1",
-        authorization=AUTH,
-    )
-    @example(
-        route=("POST", "/projects/{id}/train"),
-        project=str(2**31),
-        version="v1",
-        authorization=AUTH,
-    )
-    @example(
-        route=("GET", "/projects/{id}/models"),
-        project=str(2**63),
-        version="v1",
-        authorization=AUTH,
-    )
-    @example(
-        route=("POST", "/projects/{id}/models/{version}/activate"),
-        project="1",
-        version="\x00",
-        authorization=AUTH,
-    )
-    @example(
-        route=("POST", "/projects/{id}/models/{version}/activate"),
-        project="1",
-        version="v1",
-        authorization=AUTH,
-    )
-    @example(
-        route=("POST", "/projects/{id}/train"),
-        project=str(LS_ONLY_PROJECT),
-        version="v1",
-        authorization=AUTH,
-    )
-    @example(
-        route=("DELETE", "/projects/{id}"),
-        project="1",
-        version="v1",
-        authorization=AUTH,
-    )
+    @with_control_examples
     def control(
         route: tuple[str, str], project: str, version: str, authorization: str | None
     ) -> None:
