@@ -58,8 +58,9 @@ class Writer:
         self._settings = settings
         self._out_fd = out_fd
         self._conn: Connection | None = None  # kept open: a checkout per batch costs ~0.3 ms
-        # SQLite: the inserts and the fold take turns here, not in SQLite's busy-retry sleeps.
-        self._db_lock: contextlib.AbstractContextManager[object] = (
+        # SQLite: the inserts and the fold take turns here, not in SQLite's busy-retry sleeps
+        # (and the checkpointer holds it for the checkpoint that lets the WAL start over).
+        self.db_lock: contextlib.AbstractContextManager[object] = (
             threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
         self._send_lock = threading.Lock()  # answers and the JOBS notice share the pipe
@@ -119,7 +120,7 @@ class Writer:
 
     def _fold(self) -> FoldResult:
         """One batch, on the fold thread."""
-        with self._db_lock:
+        with self.db_lock:
             result = fold_batch(self._engine, self._settings, limit=FOLD_BATCH)
         if result.queued_jobs:
             self._send(frames.frame(frames.JOBS))
@@ -146,7 +147,7 @@ class Writer:
         """Each row's Appended, or the name of the error that kept it out of the log."""
         try:
             conn = self._conn = self._conn or self._engine.connect()
-            with self._db_lock, conn.begin():
+            with self.db_lock, conn.begin():
                 return list(events.append_many(conn, rows))
         except sa.exc.DBAPIError as exc:
             self.close()  # the connection may be broken: a fresh one next time
@@ -180,10 +181,11 @@ def serve(in_fd: int, out_fd: int) -> None:
     settings = frames.read_settings(payload)
     configure_logging(settings.server.log_format)
     engine = create_engine(settings.database.url, checkpoint_apart=True)
-    checkpointer = Checkpointer(engine) if engine.dialect.name == "sqlite" else None
-    if checkpointer is not None:
-        checkpointer.start()
     writer = Writer(engine, settings, out_fd)
+    checkpointer = None
+    if engine.dialect.name == "sqlite":
+        checkpointer = Checkpointer(engine, writers=writer.db_lock)
+        checkpointer.start()
     gc.freeze()  # what is loaded by now lives forever: full collections skip it (~30 ms each)
     # The inserting thread gets the GIL back within 1 ms of the fold thread, not 5.
     sys.setswitchinterval(0.001)

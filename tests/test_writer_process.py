@@ -5,12 +5,16 @@ kill drill (tests/test_kill_drill.py) runs it under `labelloop serve` with a kil
 """
 
 import asyncio
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +26,7 @@ from service.app import create_app
 from service.settings import DatabaseSettings, Settings, TrainingSettings, WebhookSettings
 from service.writer_client import EventNotStored, WriterProcess
 from storage import events as event_log
-from storage.db import create_engine
+from storage.db import WAL_SIZE_LIMIT, Checkpointer, create_engine, reading
 from storage.tables import annotations, events
 from tests import payloads
 
@@ -214,16 +218,15 @@ def test_webhook_and_health_answer_503_while_the_writer_is_down(served: TestClie
 
 
 def test_the_writer_engine_leaves_checkpoints_to_the_checkpointer(sqlite_url: str) -> None:
-    from storage.db import Checkpointer
-
     plain, apart = create_engine(sqlite_url), create_engine(sqlite_url, checkpoint_apart=True)
     with plain.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
+        assert conn.exec_driver_sql("PRAGMA journal_size_limit").scalar() == WAL_SIZE_LIMIT
     with apart.begin() as conn:
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
         rows = [("ANNOTATION_CREATED", 1, body(i)) for i in range(50)]
         event_log.append_many(conn, rows)
-    checkpointer = Checkpointer(apart, interval=0.01)
+    checkpointer = Checkpointer(apart, threading.Lock(), interval=0.01)
     raw = apart.raw_connection()
     try:
         log, copied = checkpointer.checkpoint(raw.driver_connection)
@@ -235,3 +238,47 @@ def test_the_writer_engine_leaves_checkpoints_to_the_checkpointer(sqlite_url: st
     assert not checkpointer._thread.is_alive()
     plain.dispose()
     apart.dispose()
+
+
+def test_a_long_wal_starts_over_although_commits_keep_landing(sqlite_url: str) -> None:
+    """The WAL starts over only when a write begins with every frame copied. Under steady load
+    a commit always lands while a checkpoint runs, so it never did and grew without end; past
+    ``restart_frames`` the checkpointer copies the rest holding the writers' lock."""
+    engine = create_engine(sqlite_url, checkpoint_apart=True)
+    writers = threading.Lock()
+    wal = Path(str(sa.make_url(sqlite_url).database) + "-wal")
+    numbers = itertools.count()
+
+    def commit(count: int = 1) -> None:
+        with writers, engine.begin() as conn:
+            rows = [("ANNOTATION_CREATED", 1, body(next(numbers))) for _ in range(count)]
+            event_log.append_many(conn, rows)
+
+    def restarts() -> int:
+        return int.from_bytes(wal.read_bytes()[12:16], "big")  # the header's checkpoint count
+
+    class CommitsLand(Checkpointer):
+        def checkpoint(self, raw: Any) -> tuple[int, int]:
+            if writers.locked():
+                return super().checkpoint(raw)
+            # A commit landing while a checkpoint runs is not copied by it. Made deterministic:
+            # a reader's snapshot stops this checkpoint at the frames before that commit.
+            with reading(engine) as reader:
+                reader.execute(sa.select(sa.func.count()).select_from(events)).scalar_one()
+                commit()
+                return super().checkpoint(raw)
+
+    raw = engine.raw_connection()
+    try:
+        commit(20)
+        before = restarts()
+        CommitsLand(engine, writers, restart_frames=10_000).tick(raw.driver_connection)
+        commit()
+        assert restarts() == before  # what landed was not copied: no fresh start
+
+        CommitsLand(engine, writers, restart_frames=10).tick(raw.driver_connection)
+        commit()
+        assert restarts() == before + 1
+    finally:
+        raw.close()
+        engine.dispose()
