@@ -5,16 +5,18 @@ Starlette + uvicorn here, same uvicorn settings as `labelloop serve`), `labelloo
 --no-worker` on SQLite, and on Postgres (a fresh database) — it runs `wrk --latency` for ~10 s
 at 1, 16 and 64 connections, with realistic ~2 KB ANNOTATION_CREATED bodies that differ in
 every request (a wrk Lua script puts a counter into the annotation id, the task id and a marker,
-so the log's sha256 dedupe never short-circuits), then one fixed-rate point (default 200
-events/s; wrk cannot pace and wrk2 is not in Debian, so a small open-loop asyncio client here
-sends on schedule and measures from the scheduled send time, coordinated omission included).
+so the log's sha256 dedupe never short-circuits), then a fixed rate (default 200 events/s,
+three runs: one run's p99 is its dozen slowest requests, which one stall of this VM decides;
+wrk cannot pace and wrk2 is not in Debian, so a small open-loop asyncio client here sends on
+schedule and measures from the scheduled send time, coordinated omission included).
 
 Prints markdown tables: target, concurrency, events/s, p50, p99, ratio to bare; and the
-fixed-rate p99. Checks the issue's targets: >= 50 % of bare throughput on SQLite at
-concurrency 16; p99 < 25 ms at 200 events/s.
+fixed-rate p99 of each run and their median. Checks the issue's targets: >= 50 % of bare
+throughput on SQLite at concurrency 16; p99 (the median of the runs) < 25 ms at 200 events/s.
 
-Usage: .venv/bin/python bench/ingest.py [--seconds 10] [--rate 200] [--concurrency 1,16,64]
-           [--targets bare,sqlite,postgres] [--postgres-url URL] [--profile DIR]
+Usage: .venv/bin/python bench/ingest.py [--seconds 10] [--rate 200] [--paced-runs 3]
+           [--concurrency 1,16,64] [--targets bare,sqlite,postgres] [--postgres-url URL]
+           [--profile DIR]
 
 Before each point the script waits (bounded) until the folder has folded every event, so each
 point starts from the same state; "folded after" is how long folding lagged behind a point.
@@ -387,15 +389,16 @@ async def measure(
                 f"folded {point.fold_lag:.1f} s after the point",
                 file=sys.stderr,
             )
-        await drained(database_url)
-        port = server.port
-        paced = await paced_load(port, args.rate, args.seconds, f"{run}p", target)
-        results.paced.append(paced)
-        print(
-            f"{target} @{args.rate:g}/s: p50 {paced.quantile(0.5):.1f} "
-            f"p99 {paced.quantile(0.99):.1f} ms errors {paced.errors}",
-            file=sys.stderr,
-        )
+        for attempt in range(args.paced_runs):  # a single run's p99 is a dozen requests
+            await drained(database_url)
+            tag = f"{run}p{attempt}"
+            paced = await paced_load(server.port, args.rate, args.seconds, tag, target)
+            results.paced.append(paced)
+            print(
+                f"{target} @{args.rate:g}/s: p50 {paced.quantile(0.5):.1f} "
+                f"p99 {paced.quantile(0.99):.1f} ms errors {paced.errors}",
+                file=sys.stderr,
+            )
     finally:
         server.stop()
 
@@ -450,16 +453,28 @@ def tables(results: Results, rate: float) -> str:
         )
     lines += [
         "",
-        "| target | fixed rate | achieved events/s | p50 ms | p99 ms | max ms | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| target | fixed rate | runs | achieved events/s | p50 ms | p99 ms (median) "
+        "| p99 ms of each run | max ms | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for q in results.paced:
+    for target, runs in paced_by_target(results).items():
+        p99s = [q.quantile(0.99) for q in runs]
         lines.append(
-            f"| {q.target} | {rate:g}/s | {q.ok / q.seconds:.0f} | {q.quantile(0.5):.1f} "
-            f"| {q.quantile(0.99):.1f} | {max(q.latencies_ms, default=float('nan')):.1f} "
-            f"| {q.errors} |"
+            f"| {target} | {rate:g}/s | {len(runs)} "
+            f"| {statistics.median(q.ok / q.seconds for q in runs):.0f} "
+            f"| {statistics.median(q.quantile(0.5) for q in runs):.1f} "
+            f"| {statistics.median(p99s):.1f} | {' / '.join(f'{p:.1f}' for p in p99s)} "
+            f"| {max(max(q.latencies_ms, default=float('nan')) for q in runs):.1f} "
+            f"| {sum(q.errors for q in runs)} |"
         )
     return "\n".join(lines)
+
+
+def paced_by_target(results: Results) -> dict[str, list[Paced]]:
+    grouped: dict[str, list[Paced]] = {}
+    for q in results.paced:
+        grouped.setdefault(q.target, []).append(q)
+    return grouped
 
 
 def verdicts(results: Results) -> list[str]:
@@ -471,13 +486,13 @@ def verdicts(results: Results) -> list[str]:
             f"SQLite at concurrency 16 reaches {share:.0%} of bare (target >= 50 %): "
             f"{'met' if share >= 0.5 else 'MISSED'}"
         )
-    for q in results.paced:
-        if q.target == "bare":
+    for target, runs in paced_by_target(results).items():
+        if target == "bare":
             continue
-        p99 = q.quantile(0.99)
+        p99 = statistics.median(q.quantile(0.99) for q in runs)
         out.append(
-            f"{q.target} p99 at {q.rate:g} events/s: {p99:.1f} ms (target < 25 ms): "
-            f"{'met' if p99 < 25 else 'MISSED'}"
+            f"{target} p99 at {runs[0].rate:g} events/s, median of {len(runs)} runs: "
+            f"{p99:.1f} ms (target < 25 ms): {'met' if p99 < 25 else 'MISSED'}"
         )
     return out
 
@@ -527,6 +542,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument(
+        "--paced-runs", type=int, default=3, help="fixed-rate runs per target (median p99)"
+    )
     parser.add_argument(
         "--concurrency",
         type=lambda text: [int(c) for c in text.split(",")],
