@@ -16,6 +16,9 @@ from tests.fake_labelstudio import BLUE, RED, TOKEN, FakeLabelStudio, color_imag
 
 POSTGRES_URL = os.environ.get("LABELLOOP_TEST_POSTGRES_URL", "")
 REQUIRE_SERVICES = os.environ.get("LABELLOOP_REQUIRE_SERVICES") == "1"
+# Where the pipeline tests train and predict: "cpu" everywhere by default; "cuda" runs the same
+# tests through the GPU path on a machine that has one (the README says how).
+DEVICE = os.environ.get("LABELLOOP_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture
@@ -76,7 +79,7 @@ async def services(engine: Engine, fake: FakeLabelStudio) -> AsyncIterator[Servi
     settings = Settings(
         database=DatabaseSettings(url=engine.url.render_as_string(hide_password=False)),
         label_studio=LabelStudioSettings(url="http://ls.test", api_key=TOKEN),
-        training=TrainingSettings(threshold=6, weights="none", image_size=64, device="cpu"),
+        training=TrainingSettings(threshold=6, weights="none", image_size=64, device=DEVICE),
     )
     async with open_services(settings, transport=fake.transport()) as services:
         yield services
