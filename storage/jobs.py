@@ -167,13 +167,6 @@ _CHANGES_SINCE_LAST_JOB = sa.select(
 ).where(projects.c.id == sa.bindparam("project_id"))
 
 
-def has_pending(conn: Connection, project_id: int) -> bool:
-    stmt = sa.select(sa.func.count()).where(
-        jobs.c.project_id == project_id, jobs.c.status.in_(("queued", "running"))
-    )
-    return bool(conn.execute(stmt).scalar_one())
-
-
 def recent(conn: Connection, project_id: int, limit: int = 20) -> Sequence[Row[Any]]:
     stmt = (
         sa.select(jobs)
