@@ -11,7 +11,9 @@ weights = "none" (no downloads here), 224 px, resnet18.
   (c) labelloop incremental: 100 new labeled images on top of (b); train + push.
 Also the bare forward rate of the backbone in the same run, against the embedding stage's.
 
-Usage: .venv/bin/python bench/retrain.py [--labels 300 1000] [--threads 2]
+`--device cuda` runs all of it on a GPU (the service's `training.device`); the default is the CPU.
+
+Usage: .venv/bin/python bench/retrain.py [--labels 300 1000] [--threads 2] [--device cpu]
 """
 
 import argparse
@@ -35,7 +37,7 @@ from service.settings import (
     Settings,
     TrainingSettings,
 )
-from service.vision.backbone import Backbone, BackboneSpec, build_resnet
+from service.vision.backbone import Backbone, BackboneSpec, build_resnet, resolve_device
 from service.vision.head import holdout_mask
 from service.vision.images import decode_image, preprocess
 from service.worker import Worker
@@ -62,25 +64,28 @@ def digits() -> tuple[list[bytes], list[str]]:
     return pngs, [str(t) for t in data.target]
 
 
-def bare_forward_rate(count: int = 128) -> float:
-    backbone = Backbone(BackboneSpec("resnet18", "none", SIZE), torch.device("cpu"))
+def bare_forward_rate(device: torch.device, count: int = 128) -> float:
+    backbone = Backbone(BackboneSpec("resnet18", "none", SIZE), device)
     batch = [torch.randn(3, SIZE, SIZE) for _ in range(count)]
     backbone.embed(batch[:32])  # warm-up
     start = time.perf_counter()
-    backbone.embed(batch)
+    backbone.embed(batch)  # returns CPU tensors: the device has finished
     return count / (time.perf_counter() - start)
 
 
-def seed_recipe(pngs: list[bytes], labels: list[str], ids: list[int]) -> tuple[float, float, int]:
+def seed_recipe(
+    pngs: list[bytes], labels: list[str], ids: list[int], device: torch.device
+) -> tuple[float, float, int]:
     """One timed epoch of the seed recipe on the train part; (seconds/epoch, accuracy, n)."""
     held = holdout_mask(ids)
     classes = sorted(set(labels))
-    x = torch.stack([preprocess(decode_image(p), SIZE) for p in pngs])
-    y = torch.tensor([classes.index(label) for label in labels])
+    x = torch.stack([preprocess(decode_image(p), SIZE) for p in pngs]).to(device)
+    y = torch.tensor([classes.index(label) for label in labels]).to(device)
     train = [i for i, h in enumerate(held) if not h]
     test = [i for i, h in enumerate(held) if h]
     model = build_resnet(BackboneSpec("resnet18", "none", SIZE))
     model.fc = torch.nn.Linear(model.fc.in_features, len(classes))
+    model = model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
     model.train()
@@ -93,6 +98,8 @@ def seed_recipe(pngs: list[bytes], labels: list[str], ids: list[int]) -> tuple[f
         loss.backward()
         optimizer.step()
     scheduler.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     epoch = time.perf_counter() - start
     model.eval()
     with torch.inference_mode():
@@ -103,7 +110,7 @@ def seed_recipe(pngs: list[bytes], labels: list[str], ids: list[int]) -> tuple[f
 
 
 async def labelloop_runs(
-    pngs: list[bytes], labels: list[str], n: int, threads: int
+    pngs: list[bytes], labels: list[str], n: int, threads: int, device: str
 ) -> dict[str, Any]:
     fake = FakeLabelStudio()
     total = n + UNLABELED
@@ -116,7 +123,7 @@ async def labelloop_runs(
             database=DatabaseSettings(url=url),
             label_studio=LabelStudioSettings(url="http://ls.test", api_key=TOKEN),
             training=TrainingSettings(
-                threshold=10**6, weights="none", image_size=SIZE, device="cpu"
+                threshold=10**6, weights="none", image_size=SIZE, device=device
             ),
         )
         async with open_services(settings, transport=fake.transport()) as services:
@@ -140,6 +147,7 @@ async def labelloop_runs(
         "incremental": incremental,
         "accuracy": [v.metrics["accuracy"] if v and v.metrics else None for v in versions],
         "scheme": [v.metrics["scheme"] if v and v.metrics else None for v in versions],
+        "promotion": [v.promotion if v else None for v in versions],
     }
 
 
@@ -155,22 +163,34 @@ async def timed_manual_run(services: Any, worker: Worker) -> dict[str, Any]:
     return {"seconds": seconds, **job.progress}
 
 
+def pushed(run: dict[str, Any], promotion: str | None) -> str:
+    """What a run pushed; a version the promotion gate kept back pushes nothing."""
+    if "pushed" in run:
+        return f"{run['pushed']} pushed"
+    return str(promotion)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--labels", type=int, nargs="+", default=[300, 1000])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help='"cpu", "cuda", "cuda:N" or "auto"')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     pngs, labels = digits()
-    print(f"torch {torch.__version__}, {args.threads} threads, resnet18 weights=none {SIZE}px")
-    rate = bare_forward_rate()
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {device}, "
+        f"resnet18 weights=none {SIZE}px"
+    )
+    rate = bare_forward_rate(device)
     print(f"bare forward pass: {rate:.1f} images/s")
     rows = []
     for n in args.labels:
         ids = list(range(1, n + 1))
-        epoch, seed_acc, n_train = seed_recipe(pngs[:n], labels[:n], ids)
+        epoch, seed_acc, n_train = seed_recipe(pngs[:n], labels[:n], ids, device)
         seed_total = epoch * SEED_EPOCHS
-        runs = asyncio.run(labelloop_runs(pngs, labels, n, args.threads))
+        runs = asyncio.run(labelloop_runs(pngs, labels, n, args.threads, args.device))
         cold, inc = runs["cold"], runs["incremental"]
         cold_images = cold["images"]["forward_passes"]
         rows.append(
@@ -178,14 +198,15 @@ def main() -> None:
             f"| {n_train / epoch:.1f} | {seed_acc:.3f} after 1 epoch | 1x |"
         )
         rows.append(
-            f"| {n} | labelloop cold ({cold_images} images embedded, {cold['pushed']} pushed) "
+            f"| {n} | labelloop cold ({cold_images} images embedded, "
+            f"{pushed(cold, runs['promotion'][0])}) "
             f"| {cold['seconds']:.1f} s | {cold_images / cold['seconds']:.1f} "
             f"| {runs['accuracy'][0]:.3f} ({runs['scheme'][0]}) "
             f"| {seed_total / cold['seconds']:.0f}x |"
         )
         rows.append(
             f"| {n} | labelloop incremental (+{NEW} labels, "
-            f"{inc['images']['forward_passes']} embedded, {inc['pushed']} pushed) "
+            f"{inc['images']['forward_passes']} embedded, {pushed(inc, runs['promotion'][1])}) "
             f"| {inc['seconds']:.1f} s | {inc['images']['forward_passes'] / inc['seconds']:.1f} "
             f"| {runs['accuracy'][1]:.3f} ({runs['scheme'][1]}) "
             f"| {seed_total / inc['seconds']:.0f}x |"
