@@ -6,7 +6,7 @@ Starlette + uvicorn here, same uvicorn settings as `labelloop serve`), `labelloo
 at 1, 16 and 64 connections, with realistic ~2 KB ANNOTATION_CREATED bodies that differ in
 every request (a wrk Lua script puts a counter into the annotation id, the task id and a marker,
 so the log's sha256 dedupe never short-circuits), then a fixed rate (default 200 events/s,
-three runs: one run's p99 is its dozen slowest requests, which one stall of this VM decides;
+three runs: one run's p99 is its twenty slowest requests, which one stall of this VM decides;
 wrk cannot pace and wrk2 is not in Debian, so a small open-loop asyncio client here sends on
 schedule and measures from the scheduled send time, coordinated omission included).
 
@@ -389,7 +389,7 @@ async def measure(
                 f"folded {point.fold_lag:.1f} s after the point",
                 file=sys.stderr,
             )
-        for attempt in range(args.paced_runs):  # a single run's p99 is a dozen requests
+        for attempt in range(args.paced_runs):  # a single run's p99 is twenty requests
             await drained(database_url)
             tag = f"{run}p{attempt}"
             paced = await paced_load(server.port, args.rate, args.seconds, tag, target)

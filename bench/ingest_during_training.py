@@ -7,7 +7,6 @@ sequential webhook answers idle and during a 224 px training. Usage:
 """
 
 import argparse
-import io
 import json
 import os
 import socket
@@ -19,11 +18,11 @@ import time
 from pathlib import Path
 
 import httpx
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.digits import digit_pngs  # noqa: E402
 from tests import payloads  # noqa: E402
 from tests.fake_labelstudio import TOKEN, FakeLabelStudio  # noqa: E402
 from tests.fake_ls_server import FakeLabelStudioServer  # noqa: E402
@@ -35,19 +34,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def digits(n: int) -> tuple[list[bytes], list[str]]:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    pngs = []
-    for pixels in data.images[:n]:
-        buffer = io.BytesIO()
-        image = Image.fromarray((pixels * 255 / 16).astype("uint8")).resize((64, 64))
-        image.convert("RGB").save(buffer, format="PNG")
-        pngs.append(buffer.getvalue())
-    return pngs, [str(t) for t in data.target[:n]]
 
 
 def measure(client: httpx.Client, posts: int, offset: int) -> list[float]:
@@ -72,7 +58,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=800)
     parser.add_argument("--posts", type=int, default=400)
     args = parser.parse_args()
-    pngs, labels = digits(args.tasks)
+    pngs, labels = digit_pngs(args.tasks)
     fake = FakeLabelStudio()
     fake.label_config = payloads.LABEL_CONFIG.replace(
         '<Choice value="red"/><Choice value="blue"/>',

@@ -18,7 +18,6 @@ Usage: .venv/bin/python bench/retrain.py [--labels 300 1000] [--threads 2] [--de
 
 import argparse
 import asyncio
-import io
 import sys
 import tempfile
 import time
@@ -26,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.digits import digit_pngs
 from service.context import open_services
 from service.settings import (
     DatabaseSettings,
@@ -49,19 +48,6 @@ SIZE = 224
 UNLABELED = 200
 NEW = 100
 SEED_EPOCHS = 25
-
-
-def digits() -> tuple[list[bytes], list[str]]:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    pngs = []
-    for pixels in data.images:
-        image = Image.fromarray((pixels * 255 / 16).astype("uint8")).resize((64, 64))
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="PNG")
-        pngs.append(buffer.getvalue())
-    return pngs, [str(t) for t in data.target]
 
 
 def bare_forward_rate(device: torch.device, count: int = 128) -> float:
@@ -178,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    pngs, labels = digits()
+    pngs, labels = digit_pngs()
     print(
         f"torch {torch.__version__}, {args.threads} threads, {device}, "
         f"resnet18 weights=none {SIZE}px"

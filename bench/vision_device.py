@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import platform
 import sys
 import time
@@ -33,31 +32,16 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.digits import digit_pngs
 from service.vision.backbone import Backbone, BackboneSpec, resolve_device
 from service.vision.finetune import finetune
 from service.vision.head import train_head
 from service.vision.images import decode_image, preprocess
 
 T = TypeVar("T")
-
-
-def digits(count: int, size: int) -> tuple[list[torch.Tensor], list[str]]:
-    """The first ``count`` digits as preprocessed (3, size, size) tensors, with their labels."""
-    from sklearn.datasets import load_digits  # type: ignore[import-untyped]
-
-    data = load_digits()
-    images, labels = [], []
-    for pixels, target in list(zip(data.images, data.target, strict=True))[:count]:
-        buffer = io.BytesIO()
-        picture = Image.fromarray((pixels * 255 / 16).astype("uint8")).resize((64, 64))
-        picture.convert("RGB").save(buffer, format="PNG")
-        images.append(preprocess(decode_image(buffer.getvalue()), size))
-        labels.append(str(int(target)))
-    return images, labels
 
 
 def synchronize(device: torch.device) -> None:
@@ -92,7 +76,8 @@ def main() -> int:
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     print(f"torch {torch.__version__}, device {device} ({name or 'cpu'})", flush=True)
-    images, labels = digits(args.images, args.size)
+    pngs, labels = digit_pngs(args.images)
+    images = [preprocess(decode_image(png), args.size) for png in pngs]
     task_ids = list(range(1, len(images) + 1))
     spec = BackboneSpec("resnet18", "none", args.size)
     rows: list[tuple[str, str]] = []

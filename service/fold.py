@@ -63,8 +63,8 @@ class FoldResult:
         self.queued_jobs += other.queued_jobs
 
 
-# Events folded per transaction. The folder holds the in-process write lock meanwhile, so the
-# batch bounds how long a webhook's commit can wait behind it (a few ms: it folds in sets).
+# Events folded per transaction. The fold holds the write lock meanwhile (the in-process one, or
+# the writer process's), so the batch bounds how long a webhook's commit can wait behind it.
 FOLD_BATCH = 100
 
 

@@ -25,7 +25,6 @@ STORED, FAILED, JOBS = b"A", b"F", b"J"
 _HEADER = struct.Struct("<cI")
 _EVENT = struct.Struct("<qH")  # project id (-1: none), action length in bytes
 _STORED = struct.Struct("<q?")  # event id, duplicate
-MAX_PAYLOAD = 2**32 - 1
 
 
 def frame(kind: bytes, payload: bytes = b"") -> bytes:

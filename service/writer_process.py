@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from service import writer_frames as frames
-from service.fold import FoldResult, fold_batch
+from service.fold import FOLD_BATCH, FoldResult, fold_batch
 from service.logs import configure_logging
 from service.settings import Settings
 from storage import events
@@ -43,8 +43,6 @@ FOLD_WITHIN = 0.1
 FOLD_WHEN_QUIET = 0.01
 # Events of other processes (catch-up, Postgres replicas) are folded at least this often.
 POLL_INTERVAL = 5.0
-# Events per fold transaction: bounds how long a webhook can wait behind a fold.
-FOLD_BATCH = 100
 READ_CHUNK = 1 << 20
 FOLD_POLL = 0.005  # while a fold runs, how often the loop looks whether it is done
 
@@ -121,7 +119,7 @@ class Writer:
     def _fold(self) -> FoldResult:
         """One batch, on the fold thread."""
         with self.db_lock:
-            result = fold_batch(self._engine, self._settings, limit=FOLD_BATCH)
+            result = fold_batch(self._engine, self._settings)
         if result.queued_jobs:
             self._send(frames.frame(frames.JOBS))
         return result
