@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.digits import digit_pngs
 from service.context import open_services
+from service.jobs.worker import Worker
 from service.settings import (
     DatabaseSettings,
     LabelStudioSettings,
@@ -39,7 +40,6 @@ from service.settings import (
 from service.vision.backbone import Backbone, BackboneSpec, build_resnet, resolve_device
 from service.vision.head import holdout_mask
 from service.vision.images import decode_image, preprocess
-from service.worker import Worker
 from storage import jobs, models
 from storage.migrate import upgrade
 from tests.fake_labelstudio import TOKEN, FakeLabelStudio, annotate

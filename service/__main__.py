@@ -10,10 +10,11 @@ from typing import Any
 
 import httpx
 
-from service.auth import SECRET_HEADER
-from service.labelstudio import LabelStudio, LabelStudioError, WebhookRefused
+from service.labelstudio.client import LabelStudio
+from service.labelstudio.errors import LabelStudioError, WebhookRefused
 from service.logs import configure_logging
 from service.settings import Settings, SettingsError, load_settings
+from service.web.auth import SECRET_HEADER
 from storage.migrate import upgrade
 
 logger = logging.getLogger("labelloop")
@@ -58,7 +59,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def worker(settings: Settings, args: argparse.Namespace) -> int:
     from service.context import open_services
-    from service.worker import Worker
+    from service.jobs.worker import Worker
 
     upgrade(settings.database.url)
 

@@ -21,17 +21,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import control, mlbackend, page
-from service.catchup import catch_up_all
 from service.context import open_services
-from service.eventlog import EventWriter
-from service.folder import run_folder
+from service.ingest.eventlog import EventWriter
+from service.ingest.fold_loop import run_folder
+from service.ingest.webhooks import webhook
+from service.ingest.writer_client import WriterProcess
+from service.jobs.catchup import catch_up_all
+from service.jobs.schedules import start_scheduler
 from service.logs import RequestIdMiddleware
-from service.metrics import metrics_endpoint
-from service.schedules import start_scheduler
 from service.settings import Settings
-from service.webhooks import webhook
-from service.writer_client import WriterProcess
+from service.web import control, mlbackend, page
+from service.web.metrics import metrics_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def create_app(
             # webhook answers from the first second.
             tasks.append(asyncio.create_task(catch_up_all(services), name="catch-up"))
             if run_worker:
-                from service.worker import Worker  # torch loads here, never on the ingest path
+                from service.jobs.worker import Worker  # torch loads here, never on the ingest path
 
                 app.state.worker = Worker(services)
                 tasks.append(asyncio.create_task(app.state.worker.run(), name="worker"))

@@ -9,11 +9,11 @@ from typing import Protocol
 import httpx
 from sqlalchemy.engine import Engine
 
-from service.eventlog import EventWriter
-from service.labelstudio import LabelStudio
-from service.metrics import Metrics
+from service.ingest.eventlog import EventWriter
+from service.ingest.writer_client import WriterProcess
+from service.labelstudio.client import LabelStudio
 from service.settings import Settings
-from service.writer_client import WriterProcess
+from service.web.metrics import Metrics
 from storage.db import create_engine
 from storage.events import Appended
 

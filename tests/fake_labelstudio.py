@@ -14,7 +14,7 @@ import httpx
 from PIL import Image
 
 from service.context import Services
-from service.folder import fold_all
+from service.ingest.fold_loop import fold_all
 from storage import events
 from tests import payloads
 

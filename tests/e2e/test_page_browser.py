@@ -23,9 +23,9 @@ import pytest
 import uvicorn
 from starlette.routing import Route
 
-from service import page
 from service.app import create_app
 from service.settings import DatabaseSettings, ServerSettings, Settings, TrainingSettings
+from service.web import page
 from storage.db import create_engine
 from storage.migrate import upgrade
 from tests import status_seed

@@ -1,0 +1,210 @@
+"""Make sure every task has a backbone embedding, paying a forward pass only for new images.
+
+Per task: a known image hash with a cached vector costs nothing; otherwise the image is
+downloaded (concurrently), hashed, looked up again (the same picture in another task), and only
+then decoded and embedded in batches on a worker thread. A task whose image cannot be fetched or
+decoded is recorded with the reason and skipped; it never fails the job.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from service.context import Services
+from service.labelstudio.errors import ImageDownloadError
+from service.vision.backbone import Backbone, BackboneSpec, resolve_device
+from service.vision.images import ImageError, content_hash, decode_image, preprocess
+from storage import embeddings, labels
+
+logger = logging.getLogger(__name__)
+
+DOWNLOAD_CONCURRENCY = 8
+CHUNK = 64  # images decoded and embedded per round trip to the database
+MAX_IMAGE_BYTES = 50 * 2**20
+
+
+@dataclass
+class EmbedReport:
+    vectors: dict[int, torch.Tensor] = field(default_factory=dict)  # task id -> (dim,)
+    cached: int = 0  # vector found without downloading the image
+    embedded: int = 0  # image downloaded, vector cached or computed
+    failed: int = 0
+    forward_passes: int = 0
+
+
+class Embedder:
+    """Owns the loaded backbones (one per identity) for the life of the worker."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._backbones: dict[str, Backbone] = {}
+
+    def backbone(self, spec: BackboneSpec, device: str) -> Backbone:
+        key = f"{spec.identity()}@{device}"
+        if key not in self._backbones:
+            self._backbones[key] = Backbone(spec, resolve_device(device))
+        return self._backbones[key]
+
+    async def embed_tasks(
+        self,
+        tasks: Sequence[Any],
+        image_key: str,
+        spec: BackboneSpec,
+        device: str,
+        progress: Callable[[int, int], None],
+    ) -> EmbedReport:
+        identity = spec.identity()
+        report = EmbedReport()
+        known = await self._db(
+            embeddings.get_many, [t.image_hash for t in tasks if t.image_hash], identity
+        )
+        missing = []
+        for task in tasks:
+            if task.image_hash in known:
+                report.vectors[task.id] = _vector(known[task.image_hash])
+                report.cached += 1
+            else:
+                missing.append(task)
+        progress(report.cached, len(tasks))
+        semaphore = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)
+        for start in range(0, len(missing), CHUNK):
+            chunk = missing[start : start + CHUNK]
+            fetched = await asyncio.gather(
+                *(self._fetch(task, image_key, semaphore) for task in chunk)
+            )
+            await asyncio.to_thread(self._embed_chunk, chunk, fetched, spec, device, report)
+            progress(report.cached + report.embedded + report.failed, len(tasks))
+        return report
+
+    async def load_images(
+        self,
+        tasks: Sequence[Any],
+        image_key: str,
+        size: int,
+        progress: Callable[[int, int], None],
+    ) -> dict[int, torch.Tensor]:
+        """Preprocessed images by task id (fine-tuning needs pixels, not embeddings).
+        A task whose image fails is recorded with the reason and left out."""
+        semaphore = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)
+        images: dict[int, torch.Tensor] = {}
+        for start in range(0, len(tasks), CHUNK):
+            chunk = tasks[start : start + CHUNK]
+            fetched = await asyncio.gather(
+                *(self._fetch(task, image_key, semaphore) for task in chunk)
+            )
+            decoded = await asyncio.to_thread(_decode_all, fetched, size)
+            errors = {t.id: d for t, d in zip(chunk, decoded, strict=True) if isinstance(d, str)}
+            images.update(
+                {t.id: d for t, d in zip(chunk, decoded, strict=True) if not isinstance(d, str)}
+            )
+            if errors:
+                await self._db(_record_errors, errors)
+            progress(start + len(chunk), len(tasks))
+        return images
+
+    async def _fetch(self, task: Any, image_key: str, semaphore: asyncio.Semaphore) -> bytes | str:
+        """The image bytes, or the reason they could not be had."""
+        uri = task.data.get(image_key) if isinstance(task.data, dict) else None
+        if not isinstance(uri, str) or not uri:
+            return f"task data has no {image_key!r} image"
+        async with semaphore:
+            try:
+                return await self.services.label_studio.download_image(
+                    uri, task_id=task.id, max_bytes=MAX_IMAGE_BYTES
+                )
+            except ImageDownloadError as exc:
+                self.services.metrics.label_studio_error(exc)
+                return f"download failed: {exc.reason}"
+
+    def _embed_chunk(
+        self,
+        chunk: Sequence[Any],
+        fetched: Sequence[bytes | str],
+        spec: BackboneSpec,
+        device: str,
+        report: EmbedReport,
+    ) -> None:
+        identity = spec.identity()
+        hashes: dict[int, str] = {}
+        errors: dict[int, str] = {}
+        for task, data in zip(chunk, fetched, strict=True):
+            if isinstance(data, str):
+                errors[task.id] = data
+            else:
+                hashes[task.id] = content_hash(data)
+        with self.services.engine.begin() as conn:
+            cached = embeddings.get_many(conn, hashes.values(), identity)
+        pending: dict[str, torch.Tensor] = {}
+        for task, data in zip(chunk, fetched, strict=True):
+            digest = hashes.get(task.id)
+            if digest is None or digest in cached or digest in pending:
+                continue
+            image = _decode(data, spec.image_size)
+            if isinstance(image, str):
+                errors[task.id] = image
+            else:
+                pending[digest] = image
+        new: dict[str, bytes] = {}
+        if pending:
+            backbone = self.backbone(spec, device)
+            vectors = backbone.embed(list(pending.values()))
+            new = {h: _bytes(v) for h, v in zip(pending, vectors, strict=True)}
+            report.forward_passes += len(new)
+        with self.services.engine.begin() as conn:
+            embeddings.put_many(conn, new, identity, next(iter(_dims(new)), 0))
+            for task in chunk:
+                digest = hashes.get(task.id)
+                ok = digest is not None and task.id not in errors
+                labels.set_task_image(
+                    conn, task.id, image_hash=digest if ok else None, error=errors.get(task.id)
+                )
+        for task in chunk:
+            if task.id in errors:
+                report.failed += 1
+                logger.info("task %d skipped: %s", task.id, errors[task.id])
+                continue
+            digest = hashes[task.id]
+            report.vectors[task.id] = _vector(cached.get(digest) or new[digest])
+            report.embedded += 1
+
+    async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        def run() -> Any:
+            with self.services.engine.begin() as conn:
+                return fn(conn, *args)
+
+        return await asyncio.to_thread(run)
+
+
+def _decode(data: bytes | str, size: int) -> torch.Tensor | str:
+    """A preprocessed image, or the reason there is none."""
+    if isinstance(data, str):
+        return data
+    try:
+        return preprocess(decode_image(data), size)
+    except ImageError as exc:
+        return f"not decodable: {exc.reason}"
+
+
+def _decode_all(fetched: Sequence[bytes | str], size: int) -> list[torch.Tensor | str]:
+    return [_decode(data, size) for data in fetched]
+
+
+def _record_errors(conn: Any, errors: dict[int, str]) -> None:
+    for task_id, error in errors.items():
+        labels.set_task_image(conn, task_id, image_hash=None, error=error)
+
+
+def _bytes(vector: torch.Tensor) -> bytes:
+    return vector.detach().to(torch.float32).contiguous().numpy().tobytes()
+
+
+def _vector(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.float32)
+
+
+def _dims(vectors: dict[str, bytes]) -> list[int]:
+    return [len(v) // 4 for v in vectors.values()]

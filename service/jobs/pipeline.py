@@ -1,0 +1,233 @@
+"""Jobs, start to finish.
+
+train: Label Studio tasks -> embeddings (cached) -> head on labeled tasks -> evaluation ->
+       version stored -> promotion gate -> (if promoted) activate and push predictions
+push:  a stored version's predictions for the unlabeled tasks -> project model_version
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from service.context import Services
+from service.jobs.embedding import Embedder, EmbedReport
+from service.jobs.predictions import push_predictions
+from service.jobs.versions import Fitted, materialize_weights, register, state_bytes, version_spec
+from service.labelstudio.labelconfig import project_row
+from service.settings import TrainingSettings
+from service.vision.backbone import BackboneSpec, resolve_device
+from service.vision.finetune import FinetuneResult, finetune
+from service.vision.head import Head, TrainResult, train_head
+from storage import labels, models
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # succeeded | skipped | failed
+    error: str | None = None
+    model_version: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    project: Any
+    tasks: list[Any]
+    labeled: dict[int, str]  # task id -> label
+
+    def unlabeled(self, vectors: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        return {
+            t.id: vectors[t.id] for t in self.tasks if t.id not in self.labeled and t.id in vectors
+        }
+
+
+class Pipeline:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.embedder = Embedder(services)
+
+    async def train(
+        self, project_id: int, job_id: int, kind: str, progress: dict[str, Any]
+    ) -> Outcome:
+        settings = self.services.settings.training_for(project_id)
+        snapshot = await self._snapshot(project_id, progress)
+        if snapshot.project.unsupported_reason:
+            reason = snapshot.project.unsupported_reason
+            return Outcome("skipped", error=f"unsupported project: {reason}")
+        if len(set(snapshot.labeled.values())) < 2:
+            return Outcome("skipped", error="need labels of at least two classes to train")
+
+        spec = BackboneSpec(settings.architecture, settings.weights, settings.image_size)
+        if kind == "finetune":
+            fitted = await self._finetune(snapshot, spec, settings, progress)
+        else:
+            fitted = await self._fit_head(snapshot, spec, settings, progress)
+        if fitted is None:
+            return Outcome("skipped", error="fewer than two classes have a readable image")
+        version, decision = await self._db(register, project_id, job_id, settings, fitted)
+        logger.info("project %d: %s (%s): %s", project_id, version, kind, decision.reason)
+        if decision.promote:
+            await self._push(snapshot, version, fitted, settings, progress)
+        progress["stage"] = "done"
+        return Outcome("succeeded", model_version=version, note=decision.reason)
+
+    async def push(self, project_id: int, version: str, progress: dict[str, Any]) -> Outcome:
+        """Push a stored version's predictions (rollback, or new tasks for the active one)."""
+        row = await self._db(models.get, project_id, version)
+        if row is None:
+            return Outcome("failed", error=f"no version {version!r} in project {project_id}")
+        spec = version_spec(row)
+        settings = self.services.settings.training_for(project_id)
+        snapshot = await self._snapshot(project_id, progress)
+        if snapshot.project.unsupported_reason:
+            return Outcome("skipped", error=f"unsupported: {snapshot.project.unsupported_reason}")
+        stored_model = Fitted(spec, Head.from_bytes(row.head), None, [], None, [], {}, set())
+        await self._push(snapshot, version, stored_model, settings, progress)
+        progress["stage"] = "done"
+        return Outcome("succeeded", model_version=version)
+
+    async def _fit_head(
+        self,
+        snapshot: Snapshot,
+        spec: BackboneSpec,
+        settings: TrainingSettings,
+        progress: dict[str, Any],
+    ) -> Fitted | None:
+        """A classifier on cached embeddings; every task is embedded (for the push too)."""
+        report = await self._embed(snapshot.tasks, snapshot, spec, settings, progress)
+        ids = [tid for tid in snapshot.labeled if tid in report.vectors]
+        y = [snapshot.labeled[tid] for tid in ids]
+        if len(set(y)) < 2:
+            return None
+        progress["stage"] = "training"
+        x = torch.stack([report.vectors[tid] for tid in ids])
+        result: TrainResult = await asyncio.to_thread(train_head, x, y, ids)
+        attempted = {t.id for t in snapshot.tasks}
+        return Fitted(spec, result.head, result.metrics, ids, x, y, report.vectors, attempted)
+
+    async def _finetune(
+        self,
+        snapshot: Snapshot,
+        spec: BackboneSpec,
+        settings: TrainingSettings,
+        progress: dict[str, Any],
+    ) -> Fitted | None:
+        """The whole network on the labeled images; unlabeled ones are embedded after."""
+        labeled = [t for t in snapshot.tasks if t.id in snapshot.labeled]
+        images = await self.embedder.load_images(
+            labeled, snapshot.project.image_key, spec.image_size, _stage(progress, "loading images")
+        )
+        ids = [tid for tid in snapshot.labeled if tid in images]
+        y = [snapshot.labeled[tid] for tid in ids]
+        if len(set(y)) < 2:
+            return None
+        result: FinetuneResult = await asyncio.to_thread(
+            finetune,
+            spec,
+            [images[tid] for tid in ids],
+            y,
+            ids,
+            device=resolve_device(settings.device),
+            epochs=settings.finetune_epochs,
+            progress=_stage(progress, "fine-tuning epoch"),
+        )
+        blob = state_bytes(result.backbone)
+        tuned = BackboneSpec(spec.architecture, str(materialize_weights(blob)), spec.image_size)
+        return Fitted(tuned, result.head, result.metrics, ids, None, y, {}, set(), blob)
+
+    async def _snapshot(self, project_id: int, progress: dict[str, Any]) -> Snapshot:
+        """Refresh the project's config and task list from Label Studio, then read the labels.
+
+        Label Studio is the truth for which tasks exist (webhooks can be lost) and for the
+        label config (it may have changed); the labels come from the folded event log.
+        """
+        progress["stage"] = "listing tasks"
+        project = await self.services.label_studio.get_project(project_id)
+        seen: list[dict[str, Any]] = []
+        async for task in self.services.label_studio.iter_tasks(project_id):
+            seen.append({"id": task["id"], "data": task.get("data") or {}})
+        snapshot: Snapshot = await self._db(_sync_and_read, project_id, project_row(project), seen)
+        return snapshot
+
+    async def _embed(
+        self,
+        tasks: list[Any],
+        snapshot: Snapshot,
+        spec: BackboneSpec,
+        settings: TrainingSettings,
+        progress: dict[str, Any],
+    ) -> EmbedReport:
+        report = await self.embedder.embed_tasks(
+            tasks, snapshot.project.image_key, spec, settings.device, _stage(progress, "embedding")
+        )
+        self.services.metrics.embedded(report.forward_passes)
+        progress["images"] = {
+            "cached": report.cached,
+            "embedded": report.embedded,
+            "failed": report.failed,
+            "forward_passes": report.forward_passes,
+        }
+        return report
+
+    async def _push(
+        self,
+        snapshot: Snapshot,
+        version: str,
+        model: Fitted,
+        settings: TrainingSettings,
+        progress: dict[str, Any],
+    ) -> None:
+        """Predict every unlabeled task (embedding what is not known yet) and push."""
+        unlabeled = [t for t in snapshot.tasks if t.id not in snapshot.labeled]
+        vectors = model.vectors
+        missing = [t for t in unlabeled if t.id not in vectors and t.id not in model.attempted]
+        if missing:
+            report = await self._embed(missing, snapshot, model.spec, settings, progress)
+            vectors = {**vectors, **report.vectors}
+        progress["pushed"] = await push_predictions(
+            self.services.label_studio,
+            snapshot.project.id,
+            version,
+            model.head,
+            {t.id: vectors[t.id] for t in unlabeled if t.id in vectors},
+            from_name=snapshot.project.from_name,
+            to_name=snapshot.project.to_name,
+            progress=_stage(progress, "pushing"),
+        )
+        self.services.metrics.pushed(progress["pushed"])
+
+    async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        def run() -> Any:
+            with self.services.engine.begin() as conn:
+                return fn(conn, *args)
+
+        return await asyncio.to_thread(run)
+
+
+def _sync_and_read(
+    conn: Any, project_id: int, project: dict[str, Any], seen: list[dict[str, Any]]
+) -> Snapshot:
+    labels.save_project(conn, project_id, project)
+    labels.save_tasks(conn, project_id, seen)
+    current = {t["id"] for t in seen}
+    labels.delete_tasks(
+        conn, [t.id for t in labels.project_tasks(conn, project_id) if t.id not in current]
+    )
+    return Snapshot(
+        project=labels.get_project(conn, project_id),
+        tasks=list(labels.project_tasks(conn, project_id)),
+        labeled=labels.training_labels(conn, project_id),
+    )
+
+
+def _stage(progress: dict[str, Any], stage: str) -> Callable[[int, int], None]:
+    def update(done: int, total: int) -> None:
+        progress.update(stage=stage, done=done, total=total)
+
+    return update

@@ -1,0 +1,221 @@
+"""The one Label Studio REST client of labelloop: HTTP and Label Studio, no database, no model.
+
+Errors are in ``service.labelstudio.errors``, credentials in ``tokens``, image URLs in ``media``.
+No secret (API key, access token, webhook header values) goes into an exception, a log record
+or ``repr()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from service.labelstudio.errors import (
+    ImageDownloadError,
+    LabelStudioHTTPError,
+    LabelStudioUnavailable,
+    Unsendable,
+    WebhookRefused,
+)
+from service.labelstudio.media import image_target, read_capped, shown
+from service.labelstudio.transport import Transport
+
+WEBHOOK_ACTIONS: tuple[str, ...] = (
+    "ANNOTATION_CREATED",
+    "ANNOTATIONS_CREATED",
+    "ANNOTATION_UPDATED",
+    "ANNOTATIONS_DELETED",
+    "TASKS_CREATED",
+    "TASKS_DELETED",
+    "PROJECT_UPDATED",
+)
+
+_SSRF = re.compile(r"reserved|private|network address|not allowed|ssrf", re.IGNORECASE)
+
+
+class LabelStudio:
+    """Async client for one Label Studio instance; share one per process and ``aclose()`` it."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._http = Transport(
+            url,
+            api_key,
+            transport=transport,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            sleep=sleep,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"LabelStudio(url={shown(self._http.base_url)!r}, auth={self._http.credentials.kind!r})"
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> LabelStudio:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- API --------------------------------------------------------------------------------
+
+    async def get_project(self, project_id: int) -> dict[str, Any]:
+        return await self._http.api_dict("GET", f"/api/projects/{project_id}/")
+
+    async def iter_tasks(
+        self, project_id: int, *, page_size: int = 100, with_annotations: bool = False
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every task of the project: id, data and counts, plus its annotations (and
+        predictions) with ``with_annotations`` (Label Studio's ``fields=all``)."""
+        page, seen = 1, 0
+        while True:
+            params: dict[str, str | int] = {
+                "project": project_id,
+                "page": page,
+                "page_size": page_size,
+            }
+            if with_annotations:
+                params["fields"] = "all"
+            try:
+                data = await self._http.api_dict("GET", "/api/tasks/", params=params)
+            except LabelStudioHTTPError as exc:
+                if exc.status_code == 404 and page > 1:  # Label Studio's answer past the end
+                    return
+                raise
+            tasks = data.get("tasks") or []
+            for task in tasks:
+                yield task
+            seen += len(tasks)
+            total = data.get("total")
+            if not tasks or (isinstance(total, int) and seen >= total):
+                return
+            page += 1
+
+    async def list_webhooks(self, project_id: int) -> list[dict[str, Any]]:
+        hooks = await self._http.api_list("GET", "/api/webhooks/", params={"project": project_id})
+        return [hook for hook in hooks if hook.get("project", project_id) == project_id]
+
+    async def ensure_webhook(
+        self,
+        project_id: int,
+        url: str,
+        headers: dict[str, str],
+        actions: Sequence[str] = WEBHOOK_ACTIONS,
+    ) -> tuple[dict[str, Any], bool]:
+        """Register the project's webhook to ``url`` once; returns (hook, created)."""
+        body = {
+            "url": url,
+            "headers": dict(headers),
+            "send_payload": True,
+            "send_for_all_actions": False,
+            "actions": list(actions),  # a PATCH without actions clears them
+            "is_active": True,
+        }
+        secrets = tuple(headers.values())
+        same = sorted(
+            (hook for hook in await self.list_webhooks(project_id) if hook.get("url") == url),
+            key=lambda hook: int(hook["id"]),
+        )
+        try:
+            if not same:
+                body["project"] = project_id
+                return await self._http.api_dict(
+                    "POST", "/api/webhooks/", json=body, secrets=secrets
+                ), True
+            hook = await self._http.api_dict(
+                "PATCH", f"/api/webhooks/{same[0]['id']}/", json=body, secrets=secrets
+            )
+        except LabelStudioHTTPError as exc:
+            if exc.status_code == 403 and _SSRF.search(exc.detail):
+                raise WebhookRefused(
+                    f"Label Studio refused the webhook URL {shown(httpx.URL(url))} "
+                    f"({exc.detail}). "
+                    "Since 1.23.1 it blocks webhooks to loopback and private addresses. If Label "
+                    "Studio and labelloop share one host or a private network, start Label Studio "
+                    "with SSRF_PROTECTION_ENABLED=false; otherwise set [webhook] url to an address "
+                    "Label Studio may call."
+                ) from exc
+            raise
+        for duplicate in same[1:]:
+            try:
+                await self._http.api("DELETE", f"/api/webhooks/{duplicate['id']}/")
+            except LabelStudioHTTPError as exc:
+                if exc.status_code != 404:  # already gone is fine
+                    raise
+        return hook, False
+
+    async def list_predictions(self, project_id: int) -> list[dict[str, Any]]:
+        return await self._http.api_list("GET", "/api/predictions/", params={"project": project_id})
+
+    async def import_predictions(
+        self, project_id: int, predictions: Sequence[Mapping[str, Any]]
+    ) -> int:
+        """Bulk-create predictions; returns how many Label Studio created.
+
+        Never retried here: a lost answer may hide a success, and a blind resend would create
+        duplicates. The caller re-lists the project's predictions and sends what is missing.
+        """
+        if not predictions:
+            return 0
+        path = f"/api/projects/{project_id}/import/predictions"  # no trailing slash in LS
+        data = await self._http.api_dict(
+            "POST", path, json=[dict(p) for p in predictions], retry=False
+        )
+        return int(data.get("created", 0))
+
+    async def set_model_version(self, project_id: int, version: str) -> None:
+        """Show ``version``'s predictions to annotators; push the predictions first."""
+        await self._http.api(
+            "PATCH", f"/api/projects/{project_id}/", json={"model_version": version}
+        )
+
+    # -- images -----------------------------------------------------------------------------
+
+    async def download_image(
+        self, uri: str, *, task_id: int | None = None, max_bytes: int = 50 * 2**20
+    ) -> bytes:
+        """The bytes of an image named in a task's data, at most ``max_bytes`` of them.
+
+        Label Studio's own URLs get the credentials; other hosts never do (httpx also drops
+        them when a redirect leaves Label Studio's origin).
+        """
+        try:
+            url, auth = image_target(self._http.base_url, uri, task_id)
+        except httpx.InvalidURL:
+            raise ImageDownloadError("invalid url") from None
+        where = f"GET {shown(url)}"
+        try:
+            response = await self._http.send(
+                "GET", url, where, auth=auth, stream=True, follow_redirects=True
+            )
+        except LabelStudioUnavailable as exc:
+            reason = str(exc).removeprefix(f"{where}: ")
+            raise ImageDownloadError(f"unavailable: {reason}", where) from None
+        except Unsendable as exc:
+            raise ImageDownloadError(str(exc).removeprefix(f"{where}: "), where) from None
+        try:
+            return await read_capped(response, max_bytes, where)
+        except httpx.TimeoutException:
+            raise ImageDownloadError("timeout", where) from None
+        except httpx.TransportError as exc:
+            raise ImageDownloadError(f"unavailable: {type(exc).__name__}", where) from None
+        finally:
+            await response.aclose()

@@ -1,0 +1,75 @@
+"""Label Studio's ML-backend protocol: /setup, /predict, /train, START_TRAINING on /webhook."""
+
+import base64
+import dataclasses
+import json
+
+import pytest
+from starlette.testclient import TestClient
+
+from service.app import create_app
+from service.context import Services
+from service.jobs.worker import Worker
+from storage import jobs
+from tests import payloads
+from tests.fake_labelstudio import FakeLabelStudio, annotate, first_six
+
+pytestmark = pytest.mark.anyio
+TOKEN = "control-token"
+
+
+def basic(password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"ls:{password}".encode()).decode()}
+
+
+async def test_predict_setup_and_train(services: Services, fake: FakeLabelStudio) -> None:
+    annotate(services, *first_six())
+    await Worker(services).run_until_idle()
+    settings = dataclasses.replace(
+        services.settings,
+        server=dataclasses.replace(services.settings.server, api_token=TOKEN),
+        webhook=dataclasses.replace(services.settings.webhook, secret="hook-secret"),
+    )
+    app = create_app(settings, run_worker=False, transport=fake.transport())
+    with TestClient(app) as client:
+        setup = client.post(
+            "/setup", json={"project": "1.1764410000", "schema": payloads.LABEL_CONFIG},
+            headers=basic(TOKEN),
+        )  # fmt: skip
+        assert setup.status_code == 200
+        assert setup.json() == {"model_version": "labelloop-v1"}
+
+        tasks = [fake.tasks[8], fake.tasks[7], fake.tasks[11], fake.tasks[13 - 1]]
+        answer = client.post(
+            "/predict", json={"tasks": tasks, "project": "1.1764410000"}, headers=basic(TOKEN)
+        )
+        assert answer.status_code == 200
+        results = answer.json()["results"]
+        assert len(results) == 4  # one per task, in order, even for broken images
+        assert [r["model_version"] for r in results] == ["labelloop-v1"] * 4
+        assert results[0]["result"][0]["value"]["choices"][0] in ("red", "blue")
+        assert 0.0 <= results[1]["score"] <= 1.0
+        assert results[2]["result"] == [] and results[3]["result"] == []  # 404 and not-an-image
+
+        assert client.post("/predict", json={"tasks": tasks, "project": "1"}).status_code == 401
+        assert client.post("/setup", json={}, headers=basic("wrong")).status_code == 401
+        deep = b"[" * 30_000 + b"]" * 30_000  # more nesting than Python's JSON reader takes
+        for route in ("/setup", "/predict", "/train"):
+            assert client.post(route, content=deep, headers=basic(TOKEN)).status_code == 400
+
+        # "Start training", old style and new style, both queue a manual retrain.
+        assert client.post("/train", json={"project": "1.17"}, headers=basic(TOKEN)).json()["job"]
+        start = {"action": "START_TRAINING", "project": payloads.project()}
+        assert client.post("/webhook", json=start, headers=basic(TOKEN)).status_code == 200
+        assert client.post("/webhook", content=json.dumps(start)).status_code == 401
+
+
+async def test_predict_without_a_model_answers_no_results(
+    services: Services, fake: FakeLabelStudio
+) -> None:
+    app = create_app(services.settings, run_worker=False, transport=fake.transport())
+    with TestClient(app) as client:
+        answer = client.post("/predict", json={"tasks": [fake.tasks[1]], "project": "1.0"})
+    assert answer.json() == {"results": []}
+    with services.engine.begin() as conn:
+        assert jobs.recent(conn, 1) == []

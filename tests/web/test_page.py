@@ -1,0 +1,180 @@
+"""GET /: the status page through the real app, on a database written by the storage functions."""
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+
+import httpx
+import pytest
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from service.app import create_app
+from service.settings import DatabaseSettings, ServerSettings, Settings, TrainingSettings
+from service.web import page, page_html
+from storage import labels
+from storage.db import create_engine
+from tests import status_seed
+
+TOKEN = "page-token-0123"
+HOSTILE = "<script>alert('x')</script>"
+
+Client = Callable[..., TestClient]
+
+
+def no_label_studio(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(404, json={"detail": "not found"})
+
+
+def seeded(url: str, **kwargs: object) -> None:
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            status_seed.seed(conn, **kwargs)  # type: ignore[arg-type]
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def client(sqlite_url: str) -> Iterator[Client]:
+    """``client(token=...)``: the app with the page's route, Label Studio answering 404."""
+    with ExitStack() as stack:
+
+        def make(token: str = TOKEN) -> TestClient:
+            settings = Settings(
+                server=ServerSettings(api_token=token),
+                database=DatabaseSettings(url=sqlite_url),
+                training=TrainingSettings(threshold=50, weights="none"),
+            )
+            transport = httpx.MockTransport(no_label_studio)
+            app = create_app(settings, run_worker=False, transport=transport)
+            if not any(getattr(r, "path", None) == "/" for r in app.router.routes):
+                app.router.routes.append(Route("/", page.status_page, methods=["GET"]))
+            return stack.enter_context(TestClient(app, base_url="http://labelloop.test"))
+
+        yield make
+
+
+def signed_in(client: Client) -> TestClient:
+    c = client()
+    answer = c.get(f"/?token={TOKEN}", follow_redirects=False)
+    assert answer.status_code == 303
+    return c
+
+
+def test_page_shows_versions_chart_confusion_jobs_and_failures(
+    sqlite_url: str, client: Client
+) -> None:
+    seeded(sqlite_url)
+    answer = signed_in(client).get("/")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/html")
+    html = answer.text
+    assert "Garden birds" in html
+    # the active version and its figures (v3: 32 of 36 held-out tasks right)
+    assert "labelloop-v3" in html and "88.9%" in html
+    assert "macro-F1 0.867 vs labelloop-v2&#x27;s 0.694" in html
+    # the chart: one accuracy and one macro-F1 point per version
+    svg = html[html.index("<svg") : html.index("</svg>")]
+    assert svg.count("<circle") - svg.count('r="8"') == 6
+    assert "labelloop-v1: 20 labels, accuracy 62.5%" in svg
+    # recall per class and the confusion matrix
+    for label in status_seed.CLASSES:
+        assert f"<td>{label}</td>" in html
+        assert f'<th scope="row">{label}</th>' in html
+    assert '<table class="confusion">' in html and ">17</td>" in html
+    # jobs: the failure's error, the running job's progress; image failures
+    assert "ConnectError after 5 attempts" in html
+    assert "embedding 24/70" in html
+    assert 'class="badge failed"' in html and 'class="badge running"' in html
+    for error in status_seed.IMAGE_ERRORS.values():
+        assert error in html
+    # counts, threshold, the unsupported project's reason
+    assert "events received" in html and "of 50" in html
+    assert "Review sentiment" in html and "no &lt;Image&gt; tag" in html
+    assert '<meta http-equiv="refresh"' in html  # a job is running
+
+
+def test_token_sets_a_strict_http_only_cookie_and_redirects(client: Client) -> None:
+    c = client()
+    answer = c.get(f"/?token={TOKEN}", follow_redirects=False)
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/"
+    cookie = answer.headers["set-cookie"]
+    assert cookie.startswith(f"{page.COOKIE}={TOKEN};")
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    assert "Secure" not in cookie  # plain http: the browser would drop a Secure cookie
+    assert c.get("/").status_code == 200  # the cookie alone now opens the page
+
+
+@pytest.mark.parametrize(
+    ("query", "cookie", "message"),
+    [
+        ("", None, "needs the server"),
+        ("?token=wrong", None, "not right"),
+        ("?token=", None, "not right"),
+        ("", "wrong", "needs the server"),
+    ],
+    ids=["nothing", "wrong-token", "empty-token", "wrong-cookie"],
+)
+def test_without_the_token_a_login_form_and_401(
+    sqlite_url: str, client: Client, query: str, cookie: str | None, message: str
+) -> None:
+    seeded(sqlite_url)
+    c = client()
+    if cookie is not None:
+        c.cookies.set(page.COOKIE, cookie)
+    answer = c.get(f"/{query}", follow_redirects=False)
+    assert answer.status_code == 401
+    assert "set-cookie" not in answer.headers
+    assert message in answer.text
+    assert '<form class="login" method="get" action="/">' in answer.text
+    assert 'name="token"' in answer.text
+    assert "Garden birds" not in answer.text
+
+
+def test_bearer_header_opens_the_page(client: Client) -> None:
+    c = client()
+    assert c.get("/", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert c.get("/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_open_when_no_token_is_set(sqlite_url: str, client: Client) -> None:
+    seeded(sqlite_url)
+    answer = client(token="").get("/")
+    assert answer.status_code == 200
+    assert "Garden birds" in answer.text
+
+
+def test_empty_database_says_how_to_start(client: Client) -> None:
+    answer = client(token="").get("/")
+    assert answer.status_code == 200
+    assert "No projects yet" in answer.text
+    assert "<svg" not in answer.text
+    assert 'http-equiv="refresh"' not in answer.text
+
+
+def test_hostile_strings_are_escaped_and_scripts_forbidden(sqlite_url: str, client: Client) -> None:
+    seeded(sqlite_url, title=HOSTILE, classes=("robin", f"{HOSTILE}-bird", '"><b>x'))
+    engine = create_engine(sqlite_url)
+    with engine.begin() as conn:
+        labels.set_task_image(conn, 17, image_hash=None, error=f"download failed: {HOSTILE}")
+    engine.dispose()
+    answer = client(token="").get("/")
+    assert answer.status_code == 200
+    html = answer.text
+    assert "<script" not in html
+    assert '"><b>x' not in html
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;-bird" in html
+    csp = answer.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src" not in csp
+    assert answer.headers["cache-control"] == "no-store"
+
+
+def test_active_version_without_metrics_or_cross_validated() -> None:
+    version = {"version": "labelloop-v1", "trained_on": 4, "promotion": "first version"}
+    unevaluated = page_html._active({**version, "metrics": None})
+    assert "not evaluated" in unevaluated and "n/a" in unevaluated
+    five_fold = {"accuracy": 0.75, "macro_f1": 0.7, "scheme": "5-fold", "n_holdout": 12}
+    cross_validated = page_html._active({**version, "metrics": five_fold})
+    assert "75.0%" in cross_validated and "by 5-fold cross-validation" in cross_validated
