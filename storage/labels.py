@@ -66,10 +66,19 @@ def delete_tasks(conn: Connection, task_ids: Sequence[int]) -> None:
 
 
 def set_task_image(
-    conn: Connection, task_id: int, *, image_hash: str | None, error: str | None
+    conn: Connection,
+    task_id: int,
+    *,
+    image_hash: str | None,
+    error: str | None,
+    uri: str | None = None,
 ) -> None:
+    """What fetching the task's image gave: the bytes' hash (and the URI they came from), or
+    the reason there are none."""
     conn.execute(
-        tasks.update().where(tasks.c.id == task_id).values(image_hash=image_hash, image_error=error)
+        tasks.update()
+        .where(tasks.c.id == task_id)
+        .values(image_hash=image_hash, image_uri=uri if image_hash else None, image_error=error)
     )
 
 

@@ -68,6 +68,8 @@ tasks = sa.Table(
     sa.Column("data", sa.JSON, nullable=False),
     # sha256 of the image bytes last fetched for this task: the embedding cache key's first half.
     sa.Column("image_hash", sa.String(64)),
+    # the URI (task data) those bytes came from: a task whose URI changed is fetched again.
+    sa.Column("image_uri", sa.Text),
     sa.Column("image_error", sa.Text),
     sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
 )

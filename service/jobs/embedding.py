@@ -1,6 +1,7 @@
 """Make sure every task has a backbone embedding, paying a forward pass only for new images.
 
-Per task: a known image hash with a cached vector costs nothing; otherwise the image is
+Per task: a known image hash with a cached vector costs nothing, as long as the task's image URI
+is still the one that hash was fetched from (a changed URI is a new picture); otherwise the image is
 downloaded (concurrently), hashed, looked up again (the same picture in another task), and only
 then decoded and embedded in batches on a worker thread. A task whose image cannot be fetched or
 decoded is recorded with the reason and skipped; it never fails the job.
@@ -59,12 +60,11 @@ class Embedder:
     ) -> EmbedReport:
         identity = spec.identity()
         report = EmbedReport()
-        known = await self._db(
-            embeddings.get_many, [t.image_hash for t in tasks if t.image_hash], identity
-        )
+        fetched_before = {t.id: t.image_hash for t in tasks if _still_valid(t, image_key)}
+        known = await self._db(embeddings.get_many, fetched_before.values(), identity)
         missing = []
         for task in tasks:
-            if task.image_hash in known:
+            if fetched_before.get(task.id) in known:
                 report.vectors[task.id] = _vector(known[task.image_hash])
                 report.cached += 1
             else:
@@ -76,7 +76,9 @@ class Embedder:
             fetched = await asyncio.gather(
                 *(self._fetch(task, image_key, semaphore) for task in chunk)
             )
-            await asyncio.to_thread(self._embed_chunk, chunk, fetched, spec, device, report)
+            await asyncio.to_thread(
+                self._embed_chunk, chunk, fetched, image_key, spec, device, report
+            )
             progress(report.cached + report.embedded + report.failed, len(tasks))
         return report
 
@@ -108,8 +110,8 @@ class Embedder:
 
     async def _fetch(self, task: Any, image_key: str, semaphore: asyncio.Semaphore) -> bytes | str:
         """The image bytes, or the reason they could not be had."""
-        uri = task.data.get(image_key) if isinstance(task.data, dict) else None
-        if not isinstance(uri, str) or not uri:
+        uri = image_uri(task, image_key)
+        if uri is None:
             return f"task data has no {image_key!r} image"
         async with semaphore:
             try:
@@ -124,6 +126,7 @@ class Embedder:
         self,
         chunk: Sequence[Any],
         fetched: Sequence[bytes | str],
+        image_key: str,
         spec: BackboneSpec,
         device: str,
         report: EmbedReport,
@@ -160,7 +163,11 @@ class Embedder:
                 digest = hashes.get(task.id)
                 ok = digest is not None and task.id not in errors
                 labels.set_task_image(
-                    conn, task.id, image_hash=digest if ok else None, error=errors.get(task.id)
+                    conn,
+                    task.id,
+                    image_hash=digest if ok else None,
+                    error=errors.get(task.id),
+                    uri=image_uri(task, image_key),
                 )
         for task in chunk:
             if task.id in errors:
@@ -177,6 +184,17 @@ class Embedder:
                 return fn(conn, *args)
 
         return await asyncio.to_thread(run)
+
+
+def image_uri(task: Any, image_key: str) -> str | None:
+    """The image URI in a task's data (what identifies its picture), or None."""
+    uri = task.data.get(image_key) if isinstance(task.data, dict) else None
+    return uri if isinstance(uri, str) and uri else None
+
+
+def _still_valid(task: Any, image_key: str) -> bool:
+    """Whether the task's stored image hash is of the picture its data names now."""
+    return bool(task.image_hash) and task.image_uri == image_uri(task, image_key)
 
 
 def _decode(data: bytes | str, size: int) -> torch.Tensor | str:
