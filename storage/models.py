@@ -1,6 +1,6 @@
 """Model versions of each project: the trained head, its metrics, and which one is active."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,9 +12,19 @@ from storage.tables import model_versions
 VERSION_PREFIX = "labelloop-v"
 
 
-def next_version(conn: Connection, project_id: int) -> str:
-    stmt = sa.select(sa.func.count()).where(model_versions.c.project_id == project_id)
-    return f"{VERSION_PREFIX}{int(conn.execute(stmt).scalar_one()) + 1}"
+def next_version(conn: Connection, project_id: int, taken: Iterable[str] = ()) -> str:
+    """The next version name: one past the highest number of this project's versions and of
+    the names in ``taken`` (those Label Studio already holds predictions of, e.g. from an
+    earlier install whose database is gone), so a name never stands for two models."""
+    stmt = sa.select(model_versions.c.version).where(model_versions.c.project_id == project_id)
+    names = [*conn.execute(stmt).scalars(), *taken]
+    numbers = [int(n[len(VERSION_PREFIX) :]) for n in names if _numbered(n)]
+    return f"{VERSION_PREFIX}{max(numbers, default=0) + 1}"
+
+
+def _numbered(name: str) -> bool:
+    number = name.removeprefix(VERSION_PREFIX)
+    return name.startswith(VERSION_PREFIX) and number.isascii() and number.isdigit()
 
 
 def add(conn: Connection, project_id: int, version: str, values: Mapping[str, Any]) -> None:

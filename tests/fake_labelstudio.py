@@ -88,6 +88,13 @@ class FakeLabelStudio:
             return httpx.Response(200, content=self.files[path])
         if path == "/api/predictions/":
             return httpx.Response(200, json=self.predictions)
+        if path == f"{project_path}model-versions/":
+            versions = {p["model_version"]: 0 for p in self.predictions}
+            for p in self.predictions:
+                versions[p["model_version"]] += 1
+            if self.model_version and self.model_version not in versions:
+                versions[self.model_version] = 0  # Label Studio lists the project's own too
+            return httpx.Response(200, json=versions)
         if path == f"{project_path}import/predictions":
             return self._import(json.loads(request.content))
         return httpx.Response(404, json={"detail": "Not found."})

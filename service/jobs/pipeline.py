@@ -70,7 +70,9 @@ class Pipeline:
             fitted = await self._fit_head(snapshot, spec, settings, progress)
         if fitted is None:
             return Outcome("skipped", error="fewer than two classes have a readable image")
-        version, decision = await self._db(register, project_id, job_id, settings, fitted)
+        # Names Label Studio already holds (an earlier install's, say) are never reused.
+        taken = set(await self.services.label_studio.model_versions(project_id))
+        version, decision = await self._db(register, project_id, job_id, settings, fitted, taken)
         logger.info("project %d: %s (%s): %s", project_id, version, kind, decision.reason)
         if decision.promote:
             await self._push(snapshot, version, fitted, settings, progress)

@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,16 @@ class Fitted:
 
 
 def register(
-    conn: Any, project_id: int, job_id: int, settings: TrainingSettings, fitted: Fitted
+    conn: Any,
+    project_id: int,
+    job_id: int,
+    settings: TrainingSettings,
+    fitted: Fitted,
+    taken: Collection[str] = (),
 ) -> tuple[str, Decision]:
     """Store the version and, if the gate agrees, activate it: one transaction, so a crash
-    leaves the previous version active and no half-written one."""
+    leaves the previous version active and no half-written one. ``taken``: version names
+    Label Studio already holds, which the new one must not reuse."""
     active = models.active(conn, project_id)
     decision = decide(
         fitted.metrics,
@@ -49,7 +56,7 @@ def register(
         active_on_same_tasks(active, fitted),
         settings.promotion_margin,
     )
-    version = models.next_version(conn, project_id)
+    version = models.next_version(conn, project_id, taken)
     models.add(
         conn,
         project_id,

@@ -165,6 +165,12 @@ class LabelStudio:
     async def list_predictions(self, project_id: int) -> list[dict[str, Any]]:
         return await self._http.api_list("GET", "/api/predictions/", params={"project": project_id})
 
+    async def model_versions(self, project_id: int) -> dict[str, int]:
+        """Every model_version the project's predictions carry (and the project's own), with
+        how many predictions each has."""
+        data = await self._http.api_dict("GET", f"/api/projects/{project_id}/model-versions/")
+        return {str(k): int(v) if isinstance(v, int) else 0 for k, v in data.items()}
+
     async def import_predictions(
         self, project_id: int, predictions: Sequence[Mapping[str, Any]]
     ) -> int:
