@@ -177,6 +177,13 @@ def recent(conn: Connection, project_id: int, limit: int = 20) -> Sequence[Row[A
     return conn.execute(stmt).all()
 
 
+def training_running(conn: Connection, project_id: int) -> bool:
+    stmt = sa.select(jobs.c.id).where(
+        jobs.c.project_id == project_id, jobs.c.status == "running", jobs.c.kind.in_(TRAININGS)
+    )
+    return conn.execute(stmt).first() is not None
+
+
 def _queued(conn: Connection, project_id: int, kind: str) -> int | None:
     stmt = sa.select(jobs.c.id).where(
         jobs.c.project_id == project_id, jobs.c.kind == kind, jobs.c.status == "queued"

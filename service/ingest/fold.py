@@ -146,11 +146,14 @@ def _fold(conn: Connection, settings: Settings, batch: Sequence[Event]) -> FoldR
 def _jobs_for(conn: Connection, settings: Settings, event: Event) -> list[int]:
     """Jobs an event asks for by itself (threshold triggers are checked once per batch)."""
     if event.action == "TASKS_CREATED":
-        # Imported images get the active model's predictions now, without a retrain.
+        # Imported images get the active model's predictions now, without a retrain. The push
+        # takes the version active when it runs (one promoted meanwhile), and is queued during
+        # a first training too: its task list may have been read before the import.
         active = models.active(conn, event.project_id)
-        if active is not None:
+        if active is not None or jobs.training_running(conn, event.project_id):
+            asked = None if active is None else active.version
             job_id, created = jobs.enqueue(
-                conn, event.project_id, "new-tasks", kind="push", model_version=active.version
+                conn, event.project_id, "new-tasks", kind="push", model_version=asked
             )
             return [job_id] if created else []
     elif event.action == "START_TRAINING":

@@ -2,7 +2,7 @@
 
 train: Label Studio tasks -> embeddings (cached) -> head on labeled tasks -> evaluation ->
        version stored -> promotion gate -> (if promoted) activate and push predictions
-push:  a stored version's predictions for the unlabeled tasks -> project model_version
+push:  the active version's predictions for the unlabeled tasks -> project model_version
 """
 
 import asyncio
@@ -79,11 +79,22 @@ class Pipeline:
         progress["stage"] = "done"
         return Outcome("succeeded", model_version=version, note=decision.reason)
 
-    async def push(self, project_id: int, version: str, progress: dict[str, Any]) -> Outcome:
-        """Push a stored version's predictions (rollback, or new tasks for the active one)."""
-        row = await self._db(models.get, project_id, version)
+    async def push(
+        self, project_id: int, requested: str | None, progress: dict[str, Any]
+    ) -> Outcome:
+        """Push the active version's predictions (new tasks, a rollback).
+
+        The version is the one active when the push runs, not when it was queued: a version
+        promoted or activated in between (a retrain that finished, a later rollback) is what
+        annotators must see, so an older request is re-aimed at it.
+        """
+        row = await self._db(models.active, project_id)
         if row is None:
-            return Outcome("failed", error=f"no version {version!r} in project {project_id}")
+            return Outcome("skipped", error="no active version to push")
+        version = str(row.version)
+        note = None
+        if requested is not None and requested != version:
+            note = f"asked for {requested}; pushed {version}, active since"
         spec = version_spec(row)
         settings = self.services.settings.training_for(project_id)
         snapshot = await self._snapshot(project_id, progress)
@@ -92,7 +103,7 @@ class Pipeline:
         stored_model = Fitted(spec, Head.from_bytes(row.head), None, [], None, [], {}, set())
         await self._push(snapshot, version, stored_model, settings, progress)
         progress["stage"] = "done"
-        return Outcome("succeeded", model_version=version)
+        return Outcome("succeeded", model_version=version, note=note)
 
     async def _fit_head(
         self,
@@ -185,7 +196,23 @@ class Pipeline:
         settings: TrainingSettings,
         progress: dict[str, Any],
     ) -> None:
-        """Predict every unlabeled task (embedding what is not known yet) and push."""
+        """Predict every unlabeled task (embedding what is not known yet) and push.
+
+        Only while ``version`` is the active one: a version activated meanwhile has a push of
+        its own queued behind this job, and the project's model_version must not go back.
+        """
+        project_id = snapshot.project.id
+
+        async def still_active() -> bool:
+            row = await self._db(models.active, project_id)
+            if row is not None and row.version == version:
+                return True
+            logger.info("project %d: %s is no longer active; not shown", project_id, version)
+            return False
+
+        if not await still_active():
+            progress["stage"] = "superseded"
+            return
         unlabeled = [t for t in snapshot.tasks if t.id not in snapshot.labeled]
         vectors = model.vectors
         missing = [t for t in unlabeled if t.id not in vectors and t.id not in model.attempted]
@@ -201,6 +228,7 @@ class Pipeline:
             from_name=snapshot.project.from_name,
             to_name=snapshot.project.to_name,
             progress=_stage(progress, "pushing"),
+            still_active=still_active,
         )
         self.services.metrics.pushed(progress["pushed"])
 

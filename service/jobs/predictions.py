@@ -3,12 +3,13 @@
 Label Studio's own list of predictions is the truth: tasks that already hold a prediction of
 this version are skipped, so a push interrupted at any point (a crash, a restart, a timeout
 after Label Studio stored a chunk) resumes where it stopped. The project's ``model_version`` is
-set only after the predictions exist (Label Studio refuses it before).
+set only after the predictions exist (Label Studio refuses it before), and only to the version
+labelloop holds active at that moment.
 """
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import torch
@@ -33,8 +34,13 @@ async def push_predictions(
     from_name: str,
     to_name: str,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    still_active: Callable[[], Awaitable[bool]] | None = None,
 ) -> int:
-    """Predict ``vectors`` (task id -> embedding) and import them; returns how many were new."""
+    """Predict ``vectors`` (task id -> embedding) and import them; returns how many were new.
+
+    The project's model_version is set to ``version`` only if ``still_active()`` says so
+    after the import (a rollback during the push has a push of its own queued).
+    """
     ordered = sorted(vectors)
     predictions: dict[int, dict[str, Any]] = {}
     if ordered:
@@ -61,7 +67,7 @@ async def push_predictions(
                 raise
             logger.warning("push of %s interrupted (%s); resuming from Label Studio's list",
                            version, exc)  # fmt: skip
-    if predictions or done:
+    if (predictions or done) and (still_active is None or await still_active()):
         await client.set_model_version(project_id, version)
     logger.info("project %d: %d predictions of %s pushed", project_id, created, version)
     return created
