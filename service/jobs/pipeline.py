@@ -16,7 +16,14 @@ import torch
 from service.context import Services
 from service.jobs.embedding import Embedder, EmbedReport
 from service.jobs.predictions import push_predictions
-from service.jobs.versions import Fitted, materialize_weights, register, state_bytes, version_spec
+from service.jobs.versions import (
+    Fitted,
+    materialize_weights,
+    prepare_gate,
+    register,
+    state_bytes,
+    version_spec,
+)
 from service.labelstudio.labelconfig import project_row
 from service.settings import TrainingSettings
 from service.vision.backbone import BackboneSpec, resolve_device
@@ -70,6 +77,7 @@ class Pipeline:
             fitted = await self._fit_head(snapshot, spec, settings, progress)
         if fitted is None:
             return Outcome("skipped", error="fewer than two classes have a readable image")
+        await asyncio.to_thread(prepare_gate, self.services.engine, project_id, fitted)
         version, decision = await self._db(register, project_id, job_id, settings, fitted)
         logger.info("project %d: %s (%s): %s", project_id, version, kind, decision.reason)
         if decision.promote:
@@ -109,7 +117,9 @@ class Pipeline:
         x = torch.stack([report.vectors[tid] for tid in ids])
         result: TrainResult = await asyncio.to_thread(train_head, x, y, ids)
         attempted = {t.id for t in snapshot.tasks}
-        return Fitted(spec, result.head, result.metrics, ids, x, y, report.vectors, attempted)
+        fitted = Fitted(spec, result.head, result.metrics, ids, x, y, report.vectors, attempted)
+        fitted.predictions = result.held_out
+        return fitted
 
     async def _finetune(
         self,
