@@ -127,7 +127,11 @@ def compare(active: Any, fitted: Fitted) -> Comparison | str:
     if classes != sorted(set(fitted.labels)):
         return "the label set changed"
     known = dict(zip(fitted.task_ids, fitted.x, strict=True)) | fitted.vectors
-    old = {int(t): label for t, label in active.training_labels.items() if int(t) in known}
+    old = {
+        int(t): label
+        for t, label in active.training_labels.items()
+        if int(t) in known and label in classes  # a deleted task has no embedding here
+    }
     held = [t for t in fitted.task_ids if t in fitted.predictions]
     if not old or not held:
         return f"no held-out task to score {name} on"
