@@ -118,7 +118,7 @@ class Pipeline:
         result: TrainResult = await asyncio.to_thread(train_head, x, y, ids)
         attempted = {t.id for t in snapshot.tasks}
         fitted = Fitted(spec, result.head, result.metrics, ids, x, y, report.vectors, attempted)
-        fitted.predictions = result.held_out
+        fitted.predictions = result.held_out  # what the gate compares with the active version
         return fitted
 
     async def _finetune(

@@ -237,13 +237,8 @@ def _cross_validated(
         logits.append(_logits(head, x[held]))
         predicted += logits[-1].argmax(dim=1).tolist()
         rows = held.nonzero().flatten().tolist()
-        held_out.update(
-            zip(
-                [task_ids[i] for i in rows],
-                [classes[p] for p in predicted[-len(rows) :]],
-                strict=True,
-            )
-        )
+        for i, p in zip(rows, logits[-1].argmax(dim=1).tolist(), strict=True):
+            held_out[task_ids[i]] = classes[p]
     head = _fit(x, y, classes, max_iter, seed)
     if len(true) < max(MIN_EVALUATED, len(classes)):
         return TrainResult(head=head, metrics=None)  # too few labels to say anything
