@@ -76,7 +76,8 @@ class TrainingSettings:
     weights: str = "imagenet"
     device: str = "auto"
     image_size: int = 224
-    # A new version is promoted unless its macro-F1 is worse than the active one's by more.
+    # A new version is promoted unless its macro-F1 on the same held-out tasks is worse than
+    # the active one's by more than this plus the noise of the difference (service/jobs/promotion).
     promotion_margin: float = 0.02
 
 

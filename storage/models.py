@@ -73,7 +73,8 @@ def get(conn: Connection, project_id: int, version: str) -> Row[Any] | None:
 
 def listing(conn: Connection, project_id: int) -> Sequence[Row[Any]]:
     """Every version of a project without its weights, newest first."""
-    columns = [c for c in model_versions.c if c.name not in ("head", "backbone_weights")]
+    heavy = ("head", "backbone_weights", "training_labels")
+    columns = [c for c in model_versions.c if c.name not in heavy]
     stmt = (
         sa.select(*columns)
         .where(model_versions.c.project_id == project_id)

@@ -151,6 +151,9 @@ model_versions = sa.Table(
     sa.Column("backbone", sa.String(255), nullable=False),
     sa.Column("labels", sa.JSON, nullable=False),
     sa.Column("trained_on", sa.Integer, nullable=False),
+    # task id (as a string) -> label, the labels it was trained on as they were, so the gate
+    # can refit its recipe without the tasks it scores it on; NULL for versions made before
+    sa.Column("training_labels", sa.JSON),
     sa.Column("metrics", sa.JSON),
     sa.Column("head", sa.LargeBinary, nullable=False),
     # finetune versions: the fine-tuned ResNet without its classifier (torch.save state dict)

@@ -16,7 +16,14 @@ import torch
 from service.context import Services
 from service.jobs.embedding import Embedder, EmbedReport
 from service.jobs.predictions import push_predictions
-from service.jobs.versions import Fitted, materialize_weights, register, state_bytes, version_spec
+from service.jobs.versions import (
+    Fitted,
+    materialize_weights,
+    prepare_gate,
+    register,
+    state_bytes,
+    version_spec,
+)
 from service.labelstudio.labelconfig import project_row
 from service.settings import TrainingSettings
 from service.vision.backbone import BackboneSpec, resolve_device
@@ -72,6 +79,7 @@ class Pipeline:
             return Outcome("skipped", error="fewer than two classes have a readable image")
         # Names Label Studio already holds (an earlier install's, say) are never reused.
         taken = set(await self.services.label_studio.model_versions(project_id))
+        await asyncio.to_thread(prepare_gate, self.services.engine, project_id, fitted)
         version, decision = await self._db(register, project_id, job_id, settings, fitted, taken)
         logger.info("project %d: %s (%s): %s", project_id, version, kind, decision.reason)
         if decision.promote:
@@ -122,7 +130,9 @@ class Pipeline:
         x = torch.stack([report.vectors[tid] for tid in ids])
         result: TrainResult = await asyncio.to_thread(train_head, x, y, ids)
         attempted = {t.id for t in snapshot.tasks}
-        return Fitted(spec, result.head, result.metrics, ids, x, y, report.vectors, attempted)
+        fitted = Fitted(spec, result.head, result.metrics, ids, x, y, report.vectors, attempted)
+        fitted.predictions = result.held_out  # what the gate compares with the active version
+        return fitted
 
     async def _finetune(
         self,

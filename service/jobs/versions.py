@@ -2,6 +2,11 @@
 
 ``register`` runs the promotion gate and stores (and maybe activates) the version in one
 transaction; ``version_spec`` is the backbone a stored version reads its embeddings from.
+Each version stores the labels it was trained on (``training_labels``: task id -> label, as
+they were), so a later gate can refit its recipe without the tasks it scores it on
+(``compare``). The refits take seconds on a large project: ``prepare_gate`` runs them before
+``register``'s write transaction, which only checks that the active version is still the one
+compared with.
 """
 
 import hashlib
@@ -15,11 +20,13 @@ from typing import Any
 
 import torch
 
-from service.jobs.promotion import Decision, decide
+from service.jobs.promotion import Comparison, Decision, decide
 from service.settings import TrainingSettings
 from service.vision.backbone import BackboneSpec
-from service.vision.head import Head, Metrics, evaluate, fold_of
+from service.vision.compare import paired, refit_predictions
+from service.vision.head import FOLDS, Head, Metrics
 from storage import models
+from storage.db import reading
 
 
 @dataclass
@@ -35,6 +42,18 @@ class Fitted:
     vectors: dict[int, torch.Tensor]  # task id -> embedding under `spec`, as far as known
     attempted: set[int]  # tasks this job already tried to embed (failed ones are not retried)
     backbone_weights: bytes | None = None  # finetune mode: the network without its fc
+    # head mode: task id -> label predicted by a head not trained on it (TrainResult.held_out)
+    predictions: dict[int, str] | None = None
+    # (active version's row id, comparison with it), when `prepare_gate` ran
+    gate: tuple[int, Comparison | str] | None = None
+
+
+def prepare_gate(engine: Any, project_id: int, fitted: Fitted) -> None:
+    """Compare with the active version now, outside any write transaction."""
+    with reading(engine) as conn:
+        active = models.active(conn, project_id)
+    if active is not None:
+        fitted.gate = (active.id, compare(active, fitted))
 
 
 def register(
@@ -49,12 +68,19 @@ def register(
     leaves the previous version active and no half-written one. ``taken``: version names
     Label Studio already holds, which the new one must not reuse."""
     active = models.active(conn, project_id)
+    comparison: Comparison | str | None = None
+    if active is not None:
+        if fitted.gate is not None and fitted.gate[0] == active.id:
+            comparison = fitted.gate[1]
+        else:  # not prepared, or the active version changed since (a rollback)
+            comparison = compare(active, fitted)
     decision = decide(
         fitted.metrics,
         fitted.head.labels,
         active,
-        active_on_same_tasks(active, fitted),
+        comparison,
         settings.promotion_margin,
+        trained_on=len(fitted.task_ids),
     )
     version = models.next_version(conn, project_id, taken)
     models.add(
@@ -66,6 +92,9 @@ def register(
             "backbone": fitted.spec.identity(),
             "labels": list(fitted.head.labels),
             "trained_on": len(fitted.task_ids),
+            "training_labels": {
+                str(tid): label for tid, label in zip(fitted.task_ids, fitted.labels, strict=True)
+            },
             "metrics": None if fitted.metrics is None else fitted.metrics.to_dict(),
             "head": fitted.head.to_bytes(),
             "backbone_weights": fitted.backbone_weights,
@@ -84,21 +113,59 @@ def register(
     return version, decision
 
 
-def active_on_same_tasks(active: Any, fitted: Fitted) -> Metrics | None:
-    """The active head's metrics on the new version's held-out tasks, when comparable:
-    same backbone (so the cached embeddings are its inputs) and the same classes."""
-    metrics = fitted.metrics
-    if active is None or metrics is None or metrics.scheme != "holdout" or fitted.x is None:
-        return None
+def compare(active: Any, fitted: Fitted) -> Comparison | str:
+    """The new version and ``active`` on the new version's held-out tasks, neither trained on
+    them; or why that cannot be done fairly (then the gate promotes and says why)."""
+    name = active.version
+    if fitted.metrics is None:
+        return "too few labels to evaluate"
+    if fitted.x is None or fitted.predictions is None:
+        return (
+            f"a fine-tuned version is not compared with {name} (refitting both networks "
+            "without the held-out tasks would take a fine-tune each)"
+        )
     if active.backbone != fitted.spec.identity():
-        return None
-    if sorted(active.labels) != sorted(set(fitted.labels)):
-        return None
-    held = [i for i, tid in enumerate(fitted.task_ids) if fold_of(tid) == 0]
-    if not held:
-        return None
-    head = Head.from_bytes(active.head)
-    return evaluate(head, fitted.x[held], [fitted.labels[i] for i in held])
+        return f"{name} reads another backbone's embeddings ({active.backbone})"
+    if active.training_labels is None:
+        return (
+            f"{name} was stored without the labels it was trained on (made before they were kept)"
+        )
+    classes = sorted(active.labels)
+    if classes != sorted(set(fitted.labels)):
+        return "the label set changed"
+    known = dict(zip(fitted.task_ids, fitted.x, strict=True)) | fitted.vectors
+    old = {
+        int(t): label
+        for t, label in active.training_labels.items()
+        if int(t) in known and label in classes  # a deleted task has no embedding here
+    }
+    held = [t for t in fitted.task_ids if t in fitted.predictions]
+    if not old or not held:
+        return f"no held-out task to score {name} on"
+    old_ids = list(old)
+    refit = refit_predictions(
+        torch.stack([known[t] for t in old_ids]),
+        [old[t] for t in old_ids],
+        old_ids,
+        torch.stack([known[t] for t in held]),
+        held,
+        classes,
+    )
+    both = [t for t in held if t in refit]
+    if not both:
+        return f"{name}'s labels leave a class out of every held-out fold's training part"
+    truth = dict(zip(fitted.task_ids, fitted.labels, strict=True))
+    result = paired(
+        [truth[t] for t in both],
+        [fitted.predictions[t] for t in both],
+        [refit[t] for t in both],
+        classes,
+    )
+    if fitted.metrics.scheme == "holdout":
+        how = f"{name} refit without them"
+    else:
+        how = f"{FOLDS}-fold: each fold predicted by both recipes refit without it"
+    return Comparison(name, result.n, result.new_f1, result.old_f1, result.noise, how)
 
 
 def version_spec(row: Any) -> BackboneSpec:

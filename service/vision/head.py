@@ -166,6 +166,9 @@ class Head(nn.Module):
 class TrainResult:
     head: Head
     metrics: Metrics | None  # None when there were too few labels to hold some out
+    # task id -> the label predicted for it by a head not trained on it (fold 0 with a
+    # holdout, every fold with cross-validation): what `metrics` counts, for the gate
+    held_out: dict[int, str] = dataclasses.field(default_factory=dict)
 
 
 def train_head(
@@ -205,7 +208,9 @@ def train_head(
     head = _fit(x[kept], y[kept], classes, max_iter, seed)
     head.temperature.fill_(fit_temperature(_logits(head, x[held]), y[held]))
     metrics = evaluate(head, x[held], [labels[i] for i in held], n_train=len(kept))
-    return TrainResult(head=head, metrics=metrics)
+    predicted = head.predict_proba(x[held]).argmax(dim=1).tolist()
+    held_out = {task_ids[i]: classes[p] for i, p in zip(held, predicted, strict=True)}
+    return TrainResult(head=head, metrics=metrics, held_out=held_out)
 
 
 def _cross_validated(
@@ -222,6 +227,7 @@ def _cross_validated(
     true: list[int] = []
     predicted: list[int] = []
     logits: list[torch.Tensor] = []
+    held_out: dict[int, str] = {}
     for fold in range(FOLDS):
         held = folds == fold
         if not held.any() or len(set(y[~held].tolist())) < 2:
@@ -230,6 +236,9 @@ def _cross_validated(
         true += y[held].tolist()
         logits.append(_logits(head, x[held]))
         predicted += logits[-1].argmax(dim=1).tolist()
+        rows = held.nonzero().flatten().tolist()
+        for i, p in zip(rows, logits[-1].argmax(dim=1).tolist(), strict=True):
+            held_out[task_ids[i]] = classes[p]
     head = _fit(x, y, classes, max_iter, seed)
     if len(true) < max(MIN_EVALUATED, len(classes)):
         return TrainResult(head=head, metrics=None)  # too few labels to say anything
@@ -237,7 +246,7 @@ def _cross_validated(
     head.temperature.fill_(fit_temperature(torch.cat(logits), torch.tensor(true)))
     metrics = compute_metrics(true, predicted, classes, n_train=len(y))
     metrics.scheme = f"{FOLDS}-fold"
-    return TrainResult(head=head, metrics=metrics)
+    return TrainResult(head=head, metrics=metrics, held_out=held_out)
 
 
 def evaluate(

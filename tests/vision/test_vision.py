@@ -22,6 +22,7 @@ from service.vision.backbone import (
     build_resnet,
     resolve_device,
 )
+from service.vision.compare import paired, refit_predictions
 from service.vision.head import (
     Head,
     compute_metrics,
@@ -457,3 +458,69 @@ def test_temperature_calibrates_confidence_without_changing_predictions() -> Non
     assert torch.equal(calibrated.argmax(dim=1), raw.argmax(dim=1))
     nll = torch.nn.functional.nll_loss
     assert nll(calibrated.log(), y) <= nll(raw.log(), y) + 1e-6
+
+
+@pytest.mark.parametrize(("per_class", "scheme"), [(20, "5-fold"), (60, "holdout")])
+def test_held_out_predictions_are_what_the_metrics_count(per_class: int, scheme: str) -> None:
+    x, labels = clusters(per_class=per_class)
+    x = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(2)) * 4.0  # some errors
+    ids = list(range(500, 500 + len(labels)))
+    result = train_head(x, labels, ids)
+    assert result.metrics is not None and result.metrics.scheme == scheme
+    if scheme == "holdout":
+        assert sorted(result.held_out) == [t for t in ids if fold_of(t) == 0]
+    assert len(result.held_out) == result.metrics.n_holdout
+    truth = dict(zip(ids, labels, strict=True))
+    classes = result.head.labels
+    again = compute_metrics(
+        [classes.index(truth[t]) for t in result.held_out],
+        [classes.index(label) for label in result.held_out.values()],
+        classes,
+    )
+    assert again.macro_f1 == pytest.approx(result.metrics.macro_f1)
+    assert 0.5 < again.accuracy < 1.0
+
+
+def test_a_refit_never_trains_on_the_fold_it_predicts() -> None:
+    # Task 7 is labelled ant in training but sits among the cats: a head trained on it
+    # memorises it (the noise dimensions let it); a head refit without its fold calls it a cat.
+    x, labels = clusters(per_class=20)
+    ids = list(range(1, 61))
+    labels[6] = "ant"
+    noise = torch.randn(60, 48, generator=torch.Generator().manual_seed(3))
+    wide = torch.cat([x, noise], dim=1)
+    fitted_on_all = train_head(wide, labels, ids).head
+    assert fitted_on_all.labels[int(fitted_on_all.predict_proba(wide[[6]]).argmax())] == "ant"
+    refit = refit_predictions(wide, labels, ids, wide[[6]], [7], ["ant", "bee", "cat"])
+    assert refit == {7: "cat"}
+    # A fold whose training part lacks a second class predicts nothing.
+    others = [t for t in range(100, 200) if fold_of(t) != fold_of(7)][:2]
+    lonely = refit_predictions(
+        x[:3], ["ant", "cat", "cat"], [7, *others], x[:1], [7], ["ant", "cat"]
+    )
+    assert lonely == {}
+
+
+def test_paired_noise_shrinks_with_the_number_of_held_out_tasks() -> None:
+    classes = ["a", "b"]
+    same = paired(["a", "b"] * 10, ["a", "b"] * 10, ["a", "b"] * 10, classes)
+    assert (same.new_f1, same.old_f1, same.noise) == (1.0, 1.0, 0.0)
+    # One image apart: a difference the noise covers, at 50 tasks and at 500.
+    noises = []
+    for n in (50, 500):
+        true = ["a"] * (n - n // 10) + ["b"] * (n // 10)
+        new = [*true[:-1], "a"]
+        result = paired(true, new, true, classes)
+        assert result.old_f1 == 1.0 and -result.difference < result.noise
+        noises.append(result.noise)
+    assert noises[1] < noises[0] / 3
+    # A head that is wrong on a third of them is not noise.
+    true = ["a", "b"] * 30
+    bad = [label if i % 3 else ("b" if label == "a" else "a") for i, label in enumerate(true)]
+    worse = paired(true, bad, true, classes)
+    assert -worse.difference > 3 * worse.noise
+    # The bootstrap's macro-F1 is compute_metrics' macro-F1.
+    figures = compute_metrics([0, 1] * 30, [classes.index(label) for label in bad], classes)
+    assert worse.new_f1 == pytest.approx(figures.macro_f1)
+    with pytest.raises(ValueError, match="no task"):
+        paired([], [], [], classes)
