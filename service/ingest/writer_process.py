@@ -8,6 +8,10 @@ out of the serving process is what makes ingest fast: the server's interpreter o
 answers, while the inserts and the fold (SQLAlchemy, ~0.1-0.3 ms of Python per event) run on
 another core, without competing for one GIL.
 
+A database error never ends it: what could not be committed is answered FAILED (the webhook
+says 503; nothing is acknowledged that is not committed), the kept connection is replaced, and
+the next batch and fold try again (tests/ingest/test_writer_survives.py).
+
 It reads stdin until the server closes it (or dies), so it never outlives its server by more than
 the batch in hand. It ignores SIGINT and SIGTERM: a Ctrl-C or a `kill` of the process group must
 not cut it off before it has answered what it took; the server closes the pipe when it stops.
