@@ -16,7 +16,15 @@ from storage.db import upsert, utcnow
 from storage.tables import annotations, projects, tasks
 
 # What the fold writes for an annotation (tombstones keep the row, with ``deleted`` set).
-ANNOTATION_COLUMNS = ("task_id", "project_id", "label", "was_cancelled", "deleted", "updated_at")
+ANNOTATION_COLUMNS = (
+    "task_id",
+    "project_id",
+    "label",
+    "was_cancelled",
+    "deleted",
+    "updated_at",
+    "result",
+)
 
 # The fold's statements are built once: building one costs ~0.12 ms of Python on this machine,
 # more than running it, and a fold runs about ten.
@@ -25,6 +33,11 @@ _COUNT_CHANGES = (
     projects.update()
     .where(projects.c.id == sa.bindparam("project_id"))
     .values(changes=projects.c.changes + sa.bindparam("n"))
+)
+_SET_LABEL = (
+    annotations.update()
+    .where(annotations.c.id == sa.bindparam("annotation_id"))
+    .values(label=sa.bindparam("new_label"))
 )
 _BY_IDS = {
     table: sa.select(table).where(table.c.id.in_(sa.bindparam("ids", expanding=True)))
@@ -102,6 +115,23 @@ def count_changes(conn: Connection, changes: Mapping[int, int]) -> None:
     for project_id, n in sorted(changes.items()):
         if n:
             conn.execute(_COUNT_CHANGES, {"project_id": project_id, "n": n})
+
+
+def live_annotations(conn: Connection, project_id: int) -> list[dict[str, Any]]:
+    """The project's live, non-skipped annotation rows, as plain dicts: the ones whose label a
+    config change can re-derive (tombstones and skips never carry one)."""
+    stmt = sa.select(annotations).where(
+        annotations.c.project_id == project_id,
+        annotations.c.deleted.is_(False),
+        annotations.c.was_cancelled.is_(False),
+    )
+    return [dict(row._mapping) for row in conn.execute(stmt)]
+
+
+def set_labels(conn: Connection, changed: Sequence[tuple[int, str | None]]) -> None:
+    """Set the labels of these annotations, ``(id, label)``, in one executemany."""
+    if changed:
+        conn.execute(_SET_LABEL, [{"annotation_id": i, "new_label": label} for i, label in changed])
 
 
 def annotation_states(conn: Connection, project_id: int) -> dict[int, tuple[str, bool]]:

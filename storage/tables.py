@@ -86,6 +86,9 @@ annotations = sa.Table(
     sa.Column("was_cancelled", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("updated_at", sa.String(64), nullable=False),  # Label Studio's ISO timestamp
+    # Label Studio's result list, as JSON text: labels are read from it again whenever the
+    # project's label config changes (service/ingest/relabel.py). NULL on tombstones.
+    sa.Column("result", sa.Text),
 )
 
 jobs = sa.Table(

@@ -25,9 +25,11 @@ from service.ingest.payloads import (
     BAD_EVENT,
     AnnotationSeen,
     Event,
+    dump_result,
     parse_json,
     read_event,
 )
+from service.ingest.relabel import label_under, reads_differently
 from service.jobs import triggers
 from service.labelstudio.labelconfig import project_row
 from service.settings import Settings
@@ -170,8 +172,10 @@ class _State:
     def __init__(self, conn: Connection, batch: Sequence[Event]) -> None:
         annotation_ids = {a.id for e in batch for a in e.annotations}
         annotation_ids.update(i for e in batch for i in e.deleted_annotations)
+        self.conn = conn
         self.projects = labels.projects_by_id(conn, {e.project_id for e in batch})
         self.annotations = labels.annotations_by_id(conn, annotation_ids)
+        self.all_loaded: set[int] = set()  # projects whose every annotation is in memory
         self.project_writes: dict[int, dict[str, Any]] = {}
         self.annotation_writes: set[int] = set()
         self.task_writes: dict[int, dict[str, Any]] = {}
@@ -183,9 +187,14 @@ class _State:
         """Apply one event; raises one of BAD_EVENT before changing anything."""
         project_id = event.project_id
         project, written = self._project_after(event)
-        seen = [(a, a.label(project["from_name"])) for a in event.annotations]
+        seen = [(a, a.label(project["from_name"], project["choices"])) for a in event.annotations]
+        relabel = written is not None and reads_differently(self.projects.get(project_id), project)
+        if relabel:
+            self._load_all(project_id)
         # Nothing below raises.
         self.projects[project_id] = project
+        if relabel:
+            self._relabel(project_id, project)
         if written is not None:
             self.project_writes[project_id] = {**self.project_writes.get(project_id, {}), **written}
         for task in event.tasks:
@@ -209,6 +218,26 @@ class _State:
         rows = [self.annotations[i] for i in sorted(self.annotation_writes)]
         labels.save_annotations(conn, rows)
         labels.count_changes(conn, self.changes)
+
+    def _load_all(self, project_id: int) -> None:
+        """Every annotation of the project, into memory (what the batch changed stays)."""
+        if project_id not in self.all_loaded:
+            for row in labels.live_annotations(self.conn, project_id):
+                self.annotations.setdefault(row["id"], row)
+            self.all_loaded.add(project_id)
+
+    def _relabel(self, project_id: int, project: dict[str, Any]) -> None:
+        """The config changed: every label of the project is read again from its result, in
+        event order, exactly as folding one event at a time would (service.ingest.relabel)."""
+        for annotation_id, row in self.annotations.items():
+            if row["project_id"] != project_id or row["deleted"] or row["was_cancelled"]:
+                continue
+            label = label_under(project, row["label"], row["result"])
+            if label != row["label"]:
+                self.annotations[annotation_id] = {**row, "label": label}
+                self.annotation_writes.add(annotation_id)
+                self.changes[project_id] += 1  # a training label came, went or changed
+                self.changed_projects.add(project_id)
 
     def _project_after(self, event: Event) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The project's row after ``event``, and the columns to write (None: unchanged)."""
@@ -239,6 +268,7 @@ class _State:
             "was_cancelled": new.was_cancelled,
             "deleted": False,
             "updated_at": new.updated_at,
+            "result": dump_result(new.result),
         }
         self.annotation_writes.add(new.id)
         if _is_training_data(old) or (label is not None and not new.was_cancelled):
@@ -250,8 +280,9 @@ class _State:
         if old is not None and old["deleted"]:
             return
         if old is None:  # never seen: remember the deletion so a late create cannot revive it
-            tombstone = {"task_id": 0, "project_id": project_id, "label": None, "updated_at": ""}
+            tombstone = {"task_id": 0, "project_id": project_id, "updated_at": ""}
             old = {"id": annotation_id, "was_cancelled": False, **tombstone}
+            old.update(label=None, result=None)
         elif _is_training_data(old):
             self.changes[old["project_id"]] += 1
             self.changed_projects.add(project_id)

@@ -7,7 +7,7 @@ before any state changes, so one bad body is skipped whole. This module must nev
 """
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,20 +70,39 @@ class AnnotationSeen:
     updated_at: str
     result: Any  # Label Studio's result list, as sent
 
-    def label(self, from_name: str | None) -> str | None:
-        """The first choice of the ``from_name`` control; None for a skip or no choice."""
-        if from_name is None or self.was_cancelled:
-            return None
-        for item in self.result:
-            if (
-                isinstance(item, Mapping)
-                and item.get("type") == "choices"
-                and item.get("from_name") == from_name
-            ):
-                choices = (item.get("value") or {}).get("choices") or []
-                if choices:
-                    return str(choices[0])
+    def label(self, from_name: str | None, choices: Collection[str] | None) -> str | None:
+        """What ``read_label`` reads in this annotation; None for a skip."""
+        return None if self.was_cancelled else read_label(self.result, from_name, choices)
+
+
+def read_label(result: Any, from_name: str | None, choices: Collection[str] | None) -> str | None:
+    """The first choice of the ``from_name`` control, if the config still offers it; None for
+    no choice, or one the config does not (no longer) list: that is no training label. Read at
+    fold time, and again from the stored result whenever the config changes
+    (service.ingest.relabel)."""
+    if from_name is None or not choices or not isinstance(result, list):
         return None
+    for item in result:
+        if (
+            isinstance(item, Mapping)
+            and item.get("type") == "choices"
+            and item.get("from_name") == from_name
+        ):
+            value = item.get("value")
+            picked = value.get("choices") if isinstance(value, Mapping) else None
+            if picked and isinstance(picked, list):
+                label = str(picked[0])
+                return label if label in choices else None
+    return None
+
+
+def dump_result(result: Any) -> str:
+    """An annotation's result as the JSON text stored beside its label (orjson, ~10x faster;
+    json for what orjson refuses: integers over 64 bits, lone surrogates)."""
+    try:
+        return orjson.dumps(result).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(result)
 
 
 @dataclass

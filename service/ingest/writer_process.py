@@ -8,6 +8,10 @@ out of the serving process is what makes ingest fast: the server's interpreter o
 answers, while the inserts and the fold (SQLAlchemy, ~0.1-0.3 ms of Python per event) run on
 another core, without competing for one GIL.
 
+A database error never ends it: what could not be committed is answered FAILED (the webhook
+says 503; nothing is acknowledged that is not committed), the kept connection is replaced, and
+the next batch and fold try again (tests/ingest/test_writer_survives.py).
+
 It reads stdin until the server closes it (or dies), so it never outlives its server by more than
 the batch in hand. It ignores SIGINT and SIGTERM: a Ctrl-C or a `kill` of the process group must
 not cut it off before it has answered what it took; the server closes the pipe when it stops.
@@ -111,10 +115,9 @@ class Writer:
         return max(0.0, min(self.fold_due, self.last_input + FOLD_WHEN_QUIET) - now)
 
     def close(self) -> None:
-        self._folder.shutdown(wait=True)  # a fold in progress commits (or rolls back) first
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """At exit only: a fold in progress commits (or rolls back) first."""
+        self._folder.shutdown(wait=True)
+        self._drop_connection()
 
     def _fold(self) -> FoldResult:
         """One batch, on the fold thread."""
@@ -141,19 +144,45 @@ class Writer:
         deadline = time.monotonic() + FOLD_WITHIN
         self.fold_due = deadline if self.fold_due is None else min(self.fold_due, deadline)
 
-    def _store(self, rows: list[tuple[str, int | None, str]]) -> list[events.Appended | str]:
-        """Each row's Appended, or the name of the error that kept it out of the log."""
+    def _store(
+        self, rows: list[tuple[str, int | None, str]], *, retry: bool = True
+    ) -> list[events.Appended | str]:
+        """Each row's Appended, or the name of the error that kept it out of the log.
+
+        A connection the database dropped (a restart, a failover, a terminated backend) is
+        replaced and the batch tried once more at once: the digest makes that safe even if the
+        commit had landed. A database that is unavailable (locked past the busy timeout, down)
+        fails the whole batch with its error (503: not stored), and the next batch tries again
+        on a fresh connection; only an error about the data splits the batch.
+        """
         try:
             conn = self._conn = self._conn or self._engine.connect()
             with self.db_lock, conn.begin():
                 return list(events.append_many(conn, rows))
         except sa.exc.DBAPIError as exc:
-            self.close()  # the connection may be broken: a fresh one next time
-            if len(rows) == 1:
-                logger.error("event not stored: %s", type(exc.orig).__name__)
-                return [type(exc.orig).__name__]
+            self._drop_connection()
+            name = type(exc.orig).__name__
+            if exc.connection_invalidated and retry:
+                logger.warning("the database dropped the connection (%s); reconnecting", name)
+                return self._store(rows, retry=False)
+            if len(rows) == 1 or isinstance(exc, sa.exc.OperationalError):
+                logger.error("%d events not stored: %s", len(rows), name)
+                return [name] * len(rows)
+        except Exception as exc:  # never die of it: the server answers 503, the next may land
+            self._drop_connection()
+            logger.exception("%d events not stored", len(rows))
+            return [type(exc).__name__] * len(rows)
         # One event the database refuses must not fail its neighbours: one transaction each.
         return [answer for row in rows for answer in self._store([row])]
+
+    def _drop_connection(self) -> None:
+        """Forget the kept connection (it may be broken): the next batch opens a fresh one.
+        The fold's thread pool stays: shutting it here killed the process at the next fold."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+                conn.close()
 
     def _send(self, data: bytes) -> None:
         with self._send_lock:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from service.context import Services
+from service.ingest import relabel
 from service.jobs.embedding import Embedder, EmbedReport
 from service.jobs.predictions import push_predictions
 from service.jobs.versions import (
@@ -253,7 +254,7 @@ class Pipeline:
 def _sync_and_read(
     conn: Any, project_id: int, project: dict[str, Any], seen: list[dict[str, Any]]
 ) -> Snapshot:
-    labels.save_project(conn, project_id, project)
+    relabel.save_project(conn, project_id, project)  # a changed config re-derives labels
     labels.save_tasks(conn, project_id, seen)
     current = {t["id"] for t in seen}
     labels.delete_tasks(

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.context import Services
+from service.ingest import relabel
 from service.jobs import triggers
 from service.labelstudio.errors import LabelStudioError
 from service.labelstudio.ids import as_id
@@ -150,7 +151,7 @@ async def _read(services: Services, fn: Callable[..., Any], *args: Any) -> Any:
 
 def _save_project(services: Services, project_id: int, project: dict[str, Any]) -> None:
     with services.engine.begin() as conn:
-        labels.save_project(conn, project_id, project_row(project))
+        relabel.save_project(conn, project_id, project_row(project))
 
 
 def _request_training(services: Services, project_id: int) -> tuple[int, bool]:

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.context import Services
+from service.ingest import relabel
 from service.jobs import triggers
 from service.labelstudio.ids import as_id
 from service.labelstudio.labelconfig import project_row
@@ -98,7 +99,7 @@ def _setup_project(services: Services, project_id: int, schema: Any) -> str | No
         stored = labels.get_project(conn, project_id)
         if isinstance(schema, str) and (stored is None or stored.label_config != schema):
             title = stored.title if stored is not None else ""
-            labels.save_project(
+            relabel.save_project(
                 conn, project_id, project_row({"label_config": schema, "title": title})
             )
         elif stored is None:

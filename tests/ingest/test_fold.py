@@ -145,13 +145,15 @@ def test_a_value_the_database_refuses_skips_only_its_event(engine: Engine) -> No
     # Postgres refuses a label longer than its column (SQLite stores it): the batch is folded
     # again event by event, and only that event is skipped.
     too_long = "x" * 300
-    post(
-        engine,
+    bodies = [
         payloads.annotation_event(10, 100, "red"),
         payloads.annotation_event(11, 101, too_long),
         payloads.annotation_event(12, 102, "blue"),
-        threshold=10,
-    )
+    ]
+    offered = payloads.LABEL_CONFIG.replace("<Choice ", f'<Choice value="{too_long}"/><Choice ', 1)
+    for body in bodies:  # a label is one of the config's choices
+        body["project"] = payloads.project(label_config=offered)
+    post(engine, *bodies, threshold=10)
     expected = {100: "red", 102: "blue"}
     if engine.dialect.name == "sqlite":
         expected[101] = too_long

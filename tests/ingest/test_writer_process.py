@@ -42,7 +42,7 @@ def settings_for(url: str, threshold: int = 100) -> Settings:
     )
 
 
-def body(annotation_id: int, label: str = "cat") -> str:
+def body(annotation_id: int, label: str = "red") -> str:  # a choice of the config
     return json.dumps(payloads.annotation_event(annotation_id, annotation_id, label))
 
 
