@@ -1,7 +1,7 @@
 """annotations.result: the raw result, so labels can be re-derived when the config changes
 
-Revision ID: 0002_annotation_result
-Revises: 0001
+Revision ID: 0004_annotation_result
+Revises: 0003_version_training_labels
 Create Date: 2026-12-02
 
 Existing annotations get their result from the event log: the newest logged version of each
@@ -16,8 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002_annotation_result"
-down_revision: str | None = "0001"
+revision: str = "0004_annotation_result"
+down_revision: str | None = "0003_version_training_labels"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
