@@ -22,7 +22,7 @@ from service.settings import TrainingSettings
 from service.vision.backbone import BackboneSpec, resolve_device
 from service.vision.finetune import FinetuneResult, finetune
 from service.vision.head import Head, TrainResult, train_head
-from storage import labels, models
+from storage import jobs, labels, models
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,10 @@ class Pipeline:
         self.embedder = Embedder(services)
 
     async def train(
-        self, project_id: int, job_id: int, kind: str, progress: dict[str, Any]
+        self, project_id: int, job_id: int, kind: str, progress: dict[str, Any], *, lease: int
     ) -> Outcome:
+        """``lease``: the worker's claim on the job; the version is registered only under it
+        (else ``jobs.LeaseLost``), so a worker that lost its job stores and pushes nothing."""
         settings = self.services.settings.training_for(project_id)
         snapshot = await self._snapshot(project_id, progress)
         if snapshot.project.unsupported_reason:
@@ -70,15 +72,20 @@ class Pipeline:
             fitted = await self._fit_head(snapshot, spec, settings, progress)
         if fitted is None:
             return Outcome("skipped", error="fewer than two classes have a readable image")
-        version, decision = await self._db(register, project_id, job_id, settings, fitted)
+        version, decision = await self._db(
+            _register_leased, job_id, lease, project_id, settings, fitted
+        )
         logger.info("project %d: %s (%s): %s", project_id, version, kind, decision.reason)
         if decision.promote:
             await self._push(snapshot, version, fitted, settings, progress)
         progress["stage"] = "done"
         return Outcome("succeeded", model_version=version, note=decision.reason)
 
-    async def push(self, project_id: int, version: str, progress: dict[str, Any]) -> Outcome:
-        """Push a stored version's predictions (rollback, or new tasks for the active one)."""
+    async def push(
+        self, project_id: int, version: str, progress: dict[str, Any], *, job_id: int, lease: int
+    ) -> Outcome:
+        """Push a stored version's predictions (rollback, or new tasks for the active one);
+        only while the worker still holds the job's ``lease``."""
         row = await self._db(models.get, project_id, version)
         if row is None:
             return Outcome("failed", error=f"no version {version!r} in project {project_id}")
@@ -88,6 +95,7 @@ class Pipeline:
         if snapshot.project.unsupported_reason:
             return Outcome("skipped", error=f"unsupported: {snapshot.project.unsupported_reason}")
         stored_model = Fitted(spec, Head.from_bytes(row.head), None, [], None, [], {}, set())
+        await self._db(jobs.check_lease, job_id, lease)
         await self._push(snapshot, version, stored_model, settings, progress)
         progress["stage"] = "done"
         return Outcome("succeeded", model_version=version)
@@ -208,6 +216,14 @@ class Pipeline:
                 return fn(conn, *args)
 
         return await asyncio.to_thread(run)
+
+
+def _register_leased(
+    conn: Any, job_id: int, lease: int, project_id: int, settings: TrainingSettings, fitted: Fitted
+) -> Any:
+    """``register``, in one transaction with the check that the job is still this worker's."""
+    jobs.check_lease(conn, job_id, lease)
+    return register(conn, project_id, job_id, settings, fitted)
 
 
 def _sync_and_read(
