@@ -186,7 +186,9 @@ def recover_stale(
 
 
 def changes_since_last_job(conn: Connection, project_id: int) -> int:
-    """Annotation changes not yet seen by any started training (what the threshold counts)."""
+    """Annotation changes not yet consumed by a training (what the threshold counts): those
+    after the newest snapshot of a training that succeeded or is running now (so triggers
+    during a run coalesce into one follow-up). A failed or skipped training consumes nothing."""
     return int(conn.execute(_CHANGES_SINCE_LAST_JOB, {"project_id": project_id}).scalar() or 0)
 
 
@@ -195,7 +197,11 @@ _CHANGES_SINCE_LAST_JOB = sa.select(
     projects.c.changes
     - sa.func.coalesce(
         sa.select(sa.func.max(jobs.c.change_mark))
-        .where(jobs.c.project_id == sa.bindparam("project_id"), jobs.c.kind.in_(TRAININGS))
+        .where(
+            jobs.c.project_id == sa.bindparam("project_id"),
+            jobs.c.kind.in_(TRAININGS),
+            jobs.c.status.in_(CONSUMING),
+        )
         .scalar_subquery(),
         0,
     )
