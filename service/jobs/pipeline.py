@@ -16,6 +16,7 @@ import torch
 from service.context import Services
 from service.jobs.embedding import Embedder, EmbedReport
 from service.jobs.predictions import push_predictions
+from service.jobs.threads import in_daemon_thread
 from service.jobs.versions import Fitted, materialize_weights, register, state_bytes, version_spec
 from service.labelstudio.labelconfig import project_row
 from service.settings import TrainingSettings
@@ -115,7 +116,7 @@ class Pipeline:
             return None
         progress["stage"] = "training"
         x = torch.stack([report.vectors[tid] for tid in ids])
-        result: TrainResult = await asyncio.to_thread(train_head, x, y, ids)
+        result: TrainResult = await in_daemon_thread(train_head, x, y, ids)
         attempted = {t.id for t in snapshot.tasks}
         return Fitted(spec, result.head, result.metrics, ids, x, y, report.vectors, attempted)
 
@@ -135,7 +136,7 @@ class Pipeline:
         y = [snapshot.labeled[tid] for tid in ids]
         if len(set(y)) < 2:
             return None
-        result: FinetuneResult = await asyncio.to_thread(
+        result: FinetuneResult = await in_daemon_thread(
             finetune,
             spec,
             [images[tid] for tid in ids],
