@@ -103,6 +103,7 @@ def claim(conn: Connection) -> Row[Any] | None:
                     heartbeat_at=now,
                     attempts=jobs.c.attempts + 1,
                     change_mark=sa.func.coalesce(changes.scalar_subquery(), 0),
+                    progress=None,  # a new attempt: not the progress of an earlier one
                     error=None,
                 )
             )

@@ -29,13 +29,15 @@ GRACE = 0.5  # the shutdown grace passed to the app under test
 BOUND = 15.0  # what the test allows the whole shutdown (the default grace is 30 s)
 
 
-def queue_a_training(url: str, settings: Settings) -> None:
+def queue_a_training(url: str, settings: Settings, fake: FakeLabelStudio) -> None:
+    """Six labels in the log and in Label Studio (so the start-up catch-up agrees)."""
     engine = create_engine(url)
     try:
         with engine.begin() as conn:
             for annotation_id, task_id, label, stamp in first_six():
                 body = payloads.annotation_event(annotation_id, task_id, label, updated_at=stamp)
                 events.append(conn, action=body["action"], project_id=1, body=json.dumps(body))
+                fake.annotations[task_id] = [body["annotation"]]
             assert fold_pending(conn, settings).queued_jobs != []
     finally:
         engine.dispose()
@@ -49,7 +51,7 @@ def test_shutdown_is_bounded_while_a_training_step_runs(
         label_studio=LabelStudioSettings(url="http://ls.test", api_key=TOKEN, catch_up=""),
         training=TrainingSettings(threshold=6, weights="none", image_size=64, device="cpu"),
     )
-    queue_a_training(sqlite_url, settings)
+    queue_a_training(sqlite_url, settings, fake)
     entered, release = threading.Event(), threading.Event()
     seen: dict[str, Any] = {}
     train_head = pipeline.train_head

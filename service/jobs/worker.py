@@ -22,6 +22,8 @@ from storage import jobs
 
 logger = logging.getLogger(__name__)
 
+LOST = object()  # what the heartbeat returns when it found the lease gone
+
 
 class Worker:
     def __init__(self, services: Services, *, poll_interval: float = 2.0) -> None:
@@ -66,13 +68,16 @@ class Worker:
         started = time.monotonic()
         work = asyncio.create_task(self._execute(job, lease, progress), name=f"job-{job.id}")
         beat = asyncio.create_task(self._heartbeat(job.id, lease, progress, work))
+        outcome: Outcome | None = None
         try:
             outcome = await work
-        except (jobs.LeaseLost, asyncio.CancelledError):
+        except jobs.LeaseLost:
+            pass  # found by the pipeline's own check (before it registers or pushes)
+        except asyncio.CancelledError:
             task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            stopping = task is not None and task.cancelling() > 0
+            if stopping or not (beat.done() and beat.result() is LOST):
                 raise  # this worker is stopping: the job stays running, to be requeued
-            outcome = None
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -138,8 +143,9 @@ class Worker:
 
     async def _heartbeat(
         self, job_id: int, lease: int, progress: dict[str, Any], work: asyncio.Task[Outcome]
-    ) -> None:
-        """Beat every ``heartbeat_seconds``; a beat that finds the lease gone cancels ``work``."""
+    ) -> object:
+        """Beat every ``heartbeat_seconds``; a beat that finds the lease gone cancels ``work``
+        and returns ``LOST``."""
         while True:
             await asyncio.sleep(self.heartbeat_seconds)
 
@@ -154,4 +160,4 @@ class Worker:
                 continue
             if not held:
                 work.cancel()
-                return
+                return LOST
