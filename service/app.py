@@ -35,7 +35,7 @@ from service.web.metrics import metrics_endpoint
 
 logger = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE = 30.0  # seconds that in-flight database work and training steps get to finish
+SHUTDOWN_GRACE = 30.0  # seconds that in-flight tasks, then their database work, get to finish
 
 
 def create_app(
@@ -44,10 +44,12 @@ def create_app(
     run_worker: bool = True,
     writer_process: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
+    shutdown_grace: float = SHUTDOWN_GRACE,
 ) -> Starlette:
     """``writer_process``: store and fold webhooks in a child process (what `labelloop serve`
     does: the server's interpreter then only parses and answers); else in this process.
-    ``transport`` replaces the network under the Label Studio client (tests)."""
+    ``transport`` replaces the network under the Label Studio client (tests).
+    ``shutdown_grace``: how long stopping waits for the tasks, then for their threads."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -89,8 +91,8 @@ def create_app(
                 for task in tasks:
                     task.cancel()
                 # Bounded: a task that swallowed its cancellation must not hang the shutdown.
-                await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
-                await _drain_threads()
+                await asyncio.wait(tasks, timeout=shutdown_grace)
+                await _drain_threads(shutdown_grace)
 
     routes = [
         Route("/", page.status_page, methods=["GET"]),
@@ -145,11 +147,13 @@ def _warn_if_open(settings: Settings) -> None:
         logger.warning("webhook.secret is empty: anyone who can reach /webhook can post events")
 
 
-async def _drain_threads() -> None:
+async def _drain_threads(grace: float) -> None:
     """Cancelling a task does not stop the thread it was waiting on (a fold, a heartbeat, a
-    training step). Let those finish, bounded, before the engine is disposed, so that no
-    database connection outlives its pool."""
+    chunk of embeddings). Let those finish, bounded, before the engine is disposed, so that no
+    database connection outlives its pool. Training steps run on daemon threads instead
+    (``service.jobs.threads``): nothing waits for them, and their job stays ``running``, to be
+    requeued by the next worker."""
     loop = asyncio.get_running_loop()
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(SHUTDOWN_GRACE):
+        async with asyncio.timeout(grace):
             await loop.shutdown_default_executor()

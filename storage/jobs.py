@@ -4,6 +4,11 @@ Partial unique indexes keep at most one queued and one running job per project, 
 that arrive while a job waits coalesce into it, and triggers during a run queue exactly one
 follow-up. Claiming is atomic: ``FOR UPDATE SKIP LOCKED`` on Postgres, ``BEGIN IMMEDIATE`` on
 SQLite.
+
+A claim is a lease: it increments ``attempts``, and that number is the claimant's lease.
+Heartbeats, progress and the finish are written only where (job id, lease, running) still
+holds, so a worker whose job was requeued (it stopped heart-beating) and claimed again writes
+nothing over the new attempt; ``check_lease`` lets it check inside its own transactions.
 """
 
 from collections.abc import Mapping, Sequence
@@ -20,6 +25,13 @@ REASONS = ("threshold", "schedule", "manual", "new-tasks")
 TRAININGS = ("train", "finetune")
 KINDS = (*TRAININGS, "push")
 FINISHED = ("succeeded", "failed", "skipped")
+# The training jobs whose change snapshot counts as seen: a failed or skipped job trained
+# nothing, so the changes it saw still count toward the next trigger.
+CONSUMING = ("succeeded", "running")
+
+
+class LeaseLost(Exception):
+    """The job is no longer this worker's: it was requeued (and maybe claimed again)."""
 
 
 def enqueue(
@@ -91,6 +103,7 @@ def claim(conn: Connection) -> Row[Any] | None:
                     heartbeat_at=now,
                     attempts=jobs.c.attempts + 1,
                     change_mark=sa.func.coalesce(changes.scalar_subquery(), 0),
+                    progress=None,  # a new attempt: not the progress of an earlier one
                     error=None,
                 )
             )
@@ -103,11 +116,23 @@ def get(conn: Connection, job_id: int) -> Row[Any] | None:
     return conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
 
 
-def heartbeat(conn: Connection, job_id: int, progress: Mapping[str, Any] | None = None) -> None:
+def heartbeat(
+    conn: Connection, job_id: int, progress: Mapping[str, Any] | None = None, *, lease: int
+) -> bool:
+    """Record that the lease holder is alive (and its progress); False: the lease is gone."""
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if progress is not None:
         values["progress"] = dict(progress)
-    conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+    return _update_leased(conn, job_id, lease, values)
+
+
+def check_lease(conn: Connection, job_id: int, lease: int) -> None:
+    """Raise LeaseLost unless the job still runs under ``lease``. The row stays locked (on
+    Postgres; SQLite's writers are serialised) until the caller's transaction ends, so what
+    that transaction writes is written under the lease."""
+    stmt = sa.select(jobs.c.id).where(_leased(job_id, lease))
+    if conn.execute(for_update(conn, stmt)).first() is None:
+        raise LeaseLost(f"job {job_id} is no longer held under lease {lease}")
 
 
 def finish(
@@ -115,10 +140,12 @@ def finish(
     job_id: int,
     status: str,
     *,
+    lease: int,
     error: str | None = None,
     model_version: str | None = None,
     note: str | None = None,
-) -> None:
+) -> bool:
+    """End the job under ``lease``; False (and nothing written): the lease is gone."""
     if status not in FINISHED:
         raise ValueError(f"not a final status: {status!r}")
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
@@ -126,7 +153,16 @@ def finish(
         values["model_version"] = model_version
     if note is not None:
         values["note"] = note
-    conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+    return _update_leased(conn, job_id, lease, values)
+
+
+def _leased(job_id: int, lease: int) -> sa.ColumnElement[bool]:
+    return sa.and_(jobs.c.id == job_id, jobs.c.attempts == lease, jobs.c.status == "running")
+
+
+def _update_leased(conn: Connection, job_id: int, lease: int, values: dict[str, Any]) -> bool:
+    result = conn.execute(jobs.update().where(_leased(job_id, lease)).values(**values))
+    return bool(result.rowcount)
 
 
 def recover_stale(
@@ -141,7 +177,7 @@ def recover_stale(
             why = "worker stopped responding" + (
                 f" after {job.attempts} attempts" if job.attempts >= max_attempts else ""
             )
-            finish(conn, job.id, "failed", error=why)
+            finish(conn, job.id, "failed", lease=job.attempts, error=why)
         else:
             conn.execute(
                 jobs.update().where(jobs.c.id == job.id).values(status="queued", heartbeat_at=None)
@@ -151,7 +187,9 @@ def recover_stale(
 
 
 def changes_since_last_job(conn: Connection, project_id: int) -> int:
-    """Annotation changes not yet seen by any started training (what the threshold counts)."""
+    """Annotation changes not yet consumed by a training (what the threshold counts): those
+    after the newest snapshot of a training that succeeded or is running now (so triggers
+    during a run coalesce into one follow-up). A failed or skipped training consumes nothing."""
     return int(conn.execute(_CHANGES_SINCE_LAST_JOB, {"project_id": project_id}).scalar() or 0)
 
 
@@ -160,7 +198,11 @@ _CHANGES_SINCE_LAST_JOB = sa.select(
     projects.c.changes
     - sa.func.coalesce(
         sa.select(sa.func.max(jobs.c.change_mark))
-        .where(jobs.c.project_id == sa.bindparam("project_id"), jobs.c.kind.in_(TRAININGS))
+        .where(
+            jobs.c.project_id == sa.bindparam("project_id"),
+            jobs.c.kind.in_(TRAININGS),
+            jobs.c.status.in_(CONSUMING),
+        )
         .scalar_subquery(),
         0,
     )

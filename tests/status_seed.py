@@ -130,7 +130,7 @@ def seed(
             )
     job_id, _ = jobs.enqueue(conn, BIRDS, "threshold")
     jobs.claim(conn)
-    jobs.heartbeat(conn, job_id, {"stage": "embedding", "done": 24, "total": 70})
+    jobs.heartbeat(conn, job_id, {"stage": "embedding", "done": 24, "total": 70}, lease=1)
 
 
 def _finished_job(
@@ -150,9 +150,9 @@ def _finished_job(
         progress["pushed"] = 18
     else:
         progress = {"stage": "listing tasks"}
-    jobs.heartbeat(conn, job_id, progress)
+    jobs.heartbeat(conn, job_id, progress, lease=1)
     error = FAILED_JOB_ERROR if status == "failed" else None
-    jobs.finish(conn, job_id, status, error=error, model_version=version)
+    jobs.finish(conn, job_id, status, lease=1, error=error, model_version=version)
     conn.execute(
         jobs_table.update()
         .where(jobs_table.c.id == job_id)

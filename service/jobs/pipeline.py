@@ -17,6 +17,7 @@ from service.context import Services
 from service.ingest import relabel
 from service.jobs.embedding import Embedder, EmbedReport
 from service.jobs.predictions import push_predictions
+from service.jobs.threads import in_daemon_thread
 from service.jobs.versions import (
     Fitted,
     materialize_weights,
@@ -30,7 +31,7 @@ from service.settings import TrainingSettings
 from service.vision.backbone import BackboneSpec, resolve_device
 from service.vision.finetune import FinetuneResult, finetune
 from service.vision.head import Head, TrainResult, train_head
-from storage import labels, models
+from storage import jobs, labels, models
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,10 @@ class Pipeline:
         self.embedder = Embedder(services)
 
     async def train(
-        self, project_id: int, job_id: int, kind: str, progress: dict[str, Any]
+        self, project_id: int, job_id: int, kind: str, progress: dict[str, Any], *, lease: int
     ) -> Outcome:
+        """``lease``: the worker's claim on the job; the version is registered only under it
+        (else ``jobs.LeaseLost``), so a worker that lost its job stores and pushes nothing."""
         settings = self.services.settings.training_for(project_id)
         snapshot = await self._snapshot(project_id, progress)
         if snapshot.project.unsupported_reason:
@@ -81,7 +84,9 @@ class Pipeline:
         # Names Label Studio already holds (an earlier install's, say) are never reused.
         taken = set(await self.services.label_studio.model_versions(project_id))
         await asyncio.to_thread(prepare_gate, self.services.engine, project_id, fitted)
-        version, decision = await self._db(register, project_id, job_id, settings, fitted, taken)
+        version, decision = await self._db(
+            _register_leased, job_id, lease, project_id, settings, fitted, taken
+        )
         logger.info("project %d: %s (%s): %s", project_id, version, kind, decision.reason)
         if decision.promote:
             await self._push(snapshot, version, fitted, settings, progress)
@@ -89,9 +94,16 @@ class Pipeline:
         return Outcome("succeeded", model_version=version, note=decision.reason)
 
     async def push(
-        self, project_id: int, requested: str | None, progress: dict[str, Any]
+        self,
+        project_id: int,
+        requested: str | None,
+        progress: dict[str, Any],
+        *,
+        job_id: int,
+        lease: int,
     ) -> Outcome:
-        """Push the active version's predictions (new tasks, a rollback).
+        """Push the active version's predictions (new tasks, a rollback), only while the
+        worker still holds the job's ``lease``.
 
         The version is the one active when the push runs, not when it was queued: a version
         promoted or activated in between (a retrain that finished, a later rollback) is what
@@ -110,6 +122,7 @@ class Pipeline:
         if snapshot.project.unsupported_reason:
             return Outcome("skipped", error=f"unsupported: {snapshot.project.unsupported_reason}")
         stored_model = Fitted(spec, Head.from_bytes(row.head), None, [], None, [], {}, set())
+        await self._db(jobs.check_lease, job_id, lease)
         await self._push(snapshot, version, stored_model, settings, progress)
         progress["stage"] = "done"
         return Outcome("succeeded", model_version=version, note=note)
@@ -129,7 +142,7 @@ class Pipeline:
             return None
         progress["stage"] = "training"
         x = torch.stack([report.vectors[tid] for tid in ids])
-        result: TrainResult = await asyncio.to_thread(train_head, x, y, ids)
+        result: TrainResult = await in_daemon_thread(train_head, x, y, ids)
         attempted = {t.id for t in snapshot.tasks}
         fitted = Fitted(spec, result.head, result.metrics, ids, x, y, report.vectors, attempted)
         fitted.predictions = result.held_out  # what the gate compares with the active version
@@ -151,7 +164,7 @@ class Pipeline:
         y = [snapshot.labeled[tid] for tid in ids]
         if len(set(y)) < 2:
             return None
-        result: FinetuneResult = await asyncio.to_thread(
+        result: FinetuneResult = await in_daemon_thread(
             finetune,
             spec,
             [images[tid] for tid in ids],
@@ -249,6 +262,20 @@ class Pipeline:
                 return fn(conn, *args)
 
         return await asyncio.to_thread(run)
+
+
+def _register_leased(
+    conn: Any,
+    job_id: int,
+    lease: int,
+    project_id: int,
+    settings: TrainingSettings,
+    fitted: Fitted,
+    taken: set[str],
+) -> Any:
+    """``register``, in one transaction with the check that the job is still this worker's."""
+    jobs.check_lease(conn, job_id, lease)
+    return register(conn, project_id, job_id, settings, fitted, taken)
 
 
 def _sync_and_read(

@@ -1,8 +1,10 @@
 """When to train: the threshold, the schedule, and manual requests, all turned into job rows.
 
 Counting: a job snapshots ``projects.changes`` when it starts; changes after the newest
-snapshot count toward the next threshold. Everything enqueues through ``storage.jobs.enqueue``,
-which joins an already queued job, so triggers during a run coalesce into one follow-up.
+snapshot of a training that succeeded (or runs now) count toward the next threshold, so a
+failed or skipped one leaves them counted and the next check or schedule tick retrains.
+Everything enqueues through ``storage.jobs.enqueue``, which joins an already queued job, so
+triggers during a run coalesce into one follow-up.
 """
 
 import logging

@@ -1,7 +1,9 @@
 """The worker: claim a queued job, run the training pipeline, record how it ended.
 
 Runs inside ``labelloop serve`` (the default) or alone as ``labelloop worker``. While a job runs
-it heart-beats into the job row, so a job left ``running`` by a dead process is requeued.
+it heart-beats into the job row, so a job left ``running`` by a dead process is requeued. The
+claim's attempt number is the worker's lease: when a heartbeat finds it gone (the job was
+requeued while this worker was paused), the pipeline is cancelled and nothing more is written.
 """
 
 import asyncio
@@ -19,6 +21,8 @@ from service.labelstudio.errors import LabelStudioError
 from storage import jobs
 
 logger = logging.getLogger(__name__)
+
+LOST = object()  # what the heartbeat returns when it found the lease gone
 
 
 class Worker:
@@ -59,28 +63,58 @@ class Worker:
         logger.info(
             "job %d (%s, project %d, %s) started", job.id, job.kind, job.project_id, job.reason
         )
+        lease = int(job.attempts)
         progress: dict[str, Any] = {}
         started = time.monotonic()
-        beat = asyncio.create_task(self._heartbeat(job.id, progress))
+        work = asyncio.create_task(self._execute(job, lease, progress), name=f"job-{job.id}")
+        beat = asyncio.create_task(self._heartbeat(job.id, lease, progress, work))
+        outcome: Outcome | None = None
         try:
-            if job.kind == "push":
-                outcome = await self.pipeline.push(job.project_id, job.model_version, progress)
-            else:
-                outcome = await self.pipeline.train(job.project_id, job.id, job.kind, progress)
-        except Exception as exc:
-            logger.exception("job %d failed", job.id)
-            outcome = Outcome("failed", error=f"{type(exc).__name__}: {exc}")
-            if isinstance(exc, LabelStudioError):
-                self.services.metrics.label_studio_error(exc)
+            outcome = await work
+        except jobs.LeaseLost:
+            pass  # found by the pipeline's own check (before it registers or pushes)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            stopping = task is not None and task.cancelling() > 0
+            if stopping or not (beat.done() and beat.result() is LOST):
+                raise  # this worker is stopping: the job stays running, to be requeued
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
+        if outcome is None:
+            logger.warning(
+                "job %d: lease %d lost (the job was requeued, another worker may run it); "
+                "stopped, nothing recorded",
+                job.id,
+                lease,
+            )
+            return True
         if job.kind != "push" and outcome.status == "succeeded" and outcome.model_version:
             self.services.metrics.training(job.kind, time.monotonic() - started)
-        await asyncio.to_thread(self._finish, job.id, outcome, progress)
-        logger.info("job %d %s %s", job.id, outcome.status, outcome.error or "")
+        if await asyncio.to_thread(self._finish, job.id, lease, outcome, progress):
+            logger.info("job %d %s %s", job.id, outcome.status, outcome.error or "")
+        else:
+            logger.warning("job %d: lease %d lost before its end was recorded", job.id, lease)
         return True
+
+    async def _execute(self, job: Any, lease: int, progress: dict[str, Any]) -> Outcome:
+        """Run the job's pipeline; its errors become a failed outcome, but not a lost lease."""
+        try:
+            if job.kind == "push":
+                return await self.pipeline.push(
+                    job.project_id, job.model_version, progress, job_id=job.id, lease=lease
+                )
+            return await self.pipeline.train(
+                job.project_id, job.id, job.kind, progress, lease=lease
+            )
+        except jobs.LeaseLost:
+            raise
+        except Exception as exc:
+            logger.exception("job %d failed", job.id)
+            if isinstance(exc, LabelStudioError):
+                self.services.metrics.label_studio_error(exc)
+            return Outcome("failed", error=f"{type(exc).__name__}: {exc}")
 
     def _claim(self) -> Any:
         with self.services.engine.begin() as conn:
@@ -94,27 +128,36 @@ class Worker:
         with self.services.engine.begin() as conn:
             return jobs.claim(conn)
 
-    def _finish(self, job_id: int, outcome: Outcome, progress: dict[str, Any]) -> None:
+    def _finish(self, job_id: int, lease: int, outcome: Outcome, progress: dict[str, Any]) -> bool:
         with self.services.engine.begin() as conn:
-            jobs.heartbeat(conn, job_id, progress)
-            jobs.finish(
+            jobs.heartbeat(conn, job_id, progress, lease=lease)
+            return jobs.finish(
                 conn,
                 job_id,
                 outcome.status,
+                lease=lease,
                 error=outcome.error,
                 model_version=outcome.model_version,
                 note=outcome.note,
             )
 
-    async def _heartbeat(self, job_id: int, progress: dict[str, Any]) -> None:
+    async def _heartbeat(
+        self, job_id: int, lease: int, progress: dict[str, Any], work: asyncio.Task[Outcome]
+    ) -> object:
+        """Beat every ``heartbeat_seconds``; a beat that finds the lease gone cancels ``work``
+        and returns ``LOST``."""
         while True:
             await asyncio.sleep(self.heartbeat_seconds)
 
-            def beat() -> None:
+            def beat() -> bool:
                 with self.services.engine.begin() as conn:
-                    jobs.heartbeat(conn, job_id, progress)
+                    return jobs.heartbeat(conn, job_id, progress, lease=lease)
 
             try:
-                await asyncio.to_thread(beat)
+                held = await asyncio.to_thread(beat)
             except Exception:
                 logger.warning("heartbeat of job %d failed", job_id, exc_info=True)
+                continue
+            if not held:
+                work.cancel()
+                return LOST

@@ -39,7 +39,7 @@ def test_schedule_queues_only_projects_that_changed(engine: Engine) -> None:
         assert triggers.run_schedule(conn, settings, "2h") == []  # not this project's schedule
         job = jobs.claim(conn)
         assert job is not None
-        jobs.finish(conn, job.id, "succeeded")
+        jobs.finish(conn, job.id, "succeeded", lease=job.attempts)
         assert triggers.run_schedule(conn, settings, "30m") == []  # nothing changed since
 
 

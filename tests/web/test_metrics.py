@@ -148,7 +148,7 @@ def test_jobs_are_counted_in_the_database_at_scrape_time(engine: Engine) -> None
         for project_id, status in ((1, "succeeded"), (1, "failed"), (2, "failed")):
             job_id, _ = jobs.enqueue(conn, project_id, "manual")
             jobs.claim(conn)
-            jobs.finish(conn, job_id, status)
+            jobs.finish(conn, job_id, status, lease=1)
         jobs.enqueue(conn, 1, "threshold")
         jobs.enqueue(conn, 2, "threshold")
         jobs.claim(conn)
