@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
-from service.labelstudio.client import LabelStudio
 from service.labelstudio.errors import LabelStudioError, WebhookRefused
 from service.logs import configure_logging
 from service.settings import Settings, SettingsError, load_settings
@@ -78,24 +78,53 @@ def migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def register(settings: Settings, args: argparse.Namespace) -> int:
-    headers = {SECRET_HEADER: settings.webhook.secret} if settings.webhook.secret else {}
-    if not headers:
+    """Create or update the project's webhook, then learn what the project already holds."""
+    if not settings.webhook.secret:
         logger.warning("webhook.secret is empty: the webhook will carry no secret")
-
-    async def run() -> tuple[dict[str, Any], bool]:
-        async with LabelStudio(settings.label_studio.url, settings.label_studio.api_key) as ls:
-            return await ls.ensure_webhook(args.project, settings.webhook.url, headers)
-
     try:
-        hook, created = asyncio.run(run())
-    except WebhookRefused as exc:
-        print(f"labelloop: {exc}", file=sys.stderr)
-        return 2
-    except LabelStudioError as exc:
-        print(f"labelloop: could not register the webhook: {exc}", file=sys.stderr)
+        upgrade(settings.database.url)
+        return asyncio.run(register_project(settings, args.project))
+    except sa.exc.DBAPIError as exc:
+        print(f"labelloop: database unavailable: {type(exc.orig).__name__}", file=sys.stderr)
         return 1
-    verb = "created" if created else "updated"
-    print(f"webhook {hook.get('id')} {verb}: project {args.project} -> {settings.webhook.url}")
+
+
+async def register_project(
+    settings: Settings, project_id: int, *, transport: httpx.AsyncBaseTransport | None = None
+) -> int:
+    """The webhook first, then a catch-up: an annotation made after the webhook exists comes
+    by webhook, one made before is in the listing. ``transport`` fakes the network (tests)."""
+    from service.context import open_services
+    from service.jobs.catchup import learn
+
+    headers = {SECRET_HEADER: settings.webhook.secret} if settings.webhook.secret else {}
+    async with open_services(settings, transport=transport) as services:
+        try:
+            hook, created = await services.label_studio.ensure_webhook(
+                project_id, settings.webhook.url, headers
+            )
+        except WebhookRefused as exc:
+            print(f"labelloop: {exc}", file=sys.stderr)
+            return 2
+        except LabelStudioError as exc:
+            print(f"labelloop: could not register the webhook: {exc}", file=sys.stderr)
+            return 1
+        verb = "created" if created else "updated"
+        print(f"webhook {hook.get('id')} {verb}: project {project_id} -> {settings.webhook.url}")
+        try:
+            report = await learn(services, project_id)
+        except LabelStudioError as exc:
+            print(
+                f"labelloop: the webhook is registered, but project {project_id}'s annotations "
+                f"could not be read ({exc}); `labelloop serve` reads them at start and every "
+                "label_studio.catch_up",
+                file=sys.stderr,
+            )
+            return 1
+    print(
+        f"project {project_id} caught up: {report.changed} annotations learned, "
+        f"{report.deleted} deleted"
+    )
     return 0
 
 

@@ -141,3 +141,18 @@ _MARK_FOLDED = (
 def count(conn: Connection, project_id: int) -> int:
     stmt = sa.select(sa.func.count()).where(events.c.project_id == project_id)
     return int(conn.execute(stmt).scalar_one())
+
+
+def last_id(conn: Connection) -> int:
+    """The newest event's id (0 for an empty log): a mark to ask later what came after it."""
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.id), 0))).scalar_one())
+
+
+def since(conn: Connection, project_id: int, after_id: int) -> list[tuple[int, str, str]]:
+    """(id, action, body) of the project's events after ``after_id``, oldest first."""
+    stmt = (
+        sa.select(events.c.id, events.c.action, events.c.body)
+        .where(events.c.project_id == project_id, events.c.id > after_id)
+        .order_by(events.c.id)
+    )
+    return [(r.id, r.action, r.body) for r in conn.execute(stmt)]

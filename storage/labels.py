@@ -51,6 +51,26 @@ def save_project(conn: Connection, project_id: int, values: Mapping[str, Any]) -
     upsert(conn, projects, [row], ["id"], [k for k in row if k != "id"])
 
 
+def add_project(conn: Connection, project_id: int, values: Mapping[str, Any]) -> None:
+    """Create a project row unless one exists (an existing row is left as it is)."""
+    row = {"id": project_id, "updated_at": utcnow(), **values}
+    upsert(conn, projects, [row], ["id"])
+
+
+def mark_caught_up(conn: Connection, project_id: int, when: datetime) -> None:
+    conn.execute(projects.update().where(projects.c.id == project_id).values(caught_up_at=when))
+
+
+def never_caught_up(conn: Connection) -> list[int]:
+    """Supported projects that catch-up never compared with Label Studio."""
+    stmt = (
+        sa.select(projects.c.id)
+        .where(projects.c.caught_up_at.is_(None), projects.c.unsupported_reason.is_(None))
+        .order_by(projects.c.id)
+    )
+    return [int(i) for i in conn.execute(stmt).scalars()]
+
+
 def get_project(conn: Connection, project_id: int) -> Row[Any] | None:
     return conn.execute(_PROJECT, {"project_id": project_id}).first()
 

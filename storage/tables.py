@@ -58,6 +58,8 @@ projects = sa.Table(
     sa.Column("unsupported_reason", sa.Text),
     sa.Column("changes", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_at", UTC_TIME, nullable=False),
+    # When catch-up last compared the project with Label Studio; NULL: never (learn it first).
+    sa.Column("caught_up_at", UTC_TIME),
 )
 
 tasks = sa.Table(

@@ -7,6 +7,7 @@ model_version) with Label Studio 1.23.2's shapes and refusals, and records what 
 import io
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,10 @@ class FakeLabelStudio:
     model_version: str = ""
     downloads: int = 0
     fail_imports: int = 0  # answer this many prediction imports with 503 after storing them
+    # Called with n before the n-th (from 0) GET /api/tasks/ is answered: a test changes the
+    # project there, as annotators do while a listing runs.
+    on_list: Callable[[int], None] | None = None
+    listings: int = 0
 
     def add_task(self, task_id: int, image: bytes | None) -> None:
         path = f"/data/upload/{self.project_id}/img-{task_id}.png"
@@ -74,7 +79,11 @@ class FakeLabelStudio:
             self.model_version = version
             return httpx.Response(200, json={"id": self.project_id, "model_version": version})
         if path == "/api/tasks/":
-            page = self._tasks_page(int(params["page"]), int(params["page_size"]))
+            if self.on_list is not None:
+                self.on_list(self.listings)
+            self.listings += 1
+            after = _id_above(params.get("query"))
+            page = self._tasks_page(int(params["page"]), int(params["page_size"]), after)
             if params.get("fields") == "all" and page.status_code == 200:
                 body = json.loads(page.content)
                 for task in body["tasks"]:
@@ -99,8 +108,8 @@ class FakeLabelStudio:
             return self._import(json.loads(request.content))
         return httpx.Response(404, json={"detail": "Not found."})
 
-    def _tasks_page(self, page: int, size: int) -> httpx.Response:
-        ordered = [self.tasks[k] for k in sorted(self.tasks)]
+    def _tasks_page(self, page: int, size: int, after: int = 0) -> httpx.Response:
+        ordered = [self.tasks[k] for k in sorted(self.tasks) if k > after]
         chunk = ordered[(page - 1) * size : page * size]
         if not chunk and page > 1:
             return httpx.Response(404, json={"detail": "Invalid page."})
@@ -116,6 +125,17 @@ class FakeLabelStudio:
             self.fail_imports -= 1
             return httpx.Response(503, text="upstream timeout")  # stored, but the answer is lost
         return httpx.Response(201, json={"created": len(body)})
+
+
+def _id_above(query: str | None) -> int:
+    """The id of a Data Manager filter ``filter:tasks:id`` ``greater`` in ``query``, else 0."""
+    if not query:
+        return 0
+    items = (json.loads(query).get("filters") or {}).get("items") or []
+    for item in items:
+        if item.get("filter") == "filter:tasks:id" and item.get("operator") == "greater":
+            return int(item["value"])
+    return 0
 
 
 def annotate(services: Services, *labeled: tuple[int, int, str, str]) -> None:

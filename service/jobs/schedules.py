@@ -15,10 +15,12 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from service.context import Services
 from service.jobs import triggers
-from service.jobs.catchup import catch_up_all
+from service.jobs.catchup import catch_up_all, catch_up_new
 from service.settings import parse_schedule
 
 logger = logging.getLogger(__name__)
+
+NEW_PROJECTS_EVERY = "15s"  # how often projects never caught up are looked for
 
 
 def start_scheduler(services: Services) -> AsyncIOScheduler:
@@ -30,6 +32,8 @@ def start_scheduler(services: Services) -> AsyncIOScheduler:
         logger.info("retraining on schedule %r", schedule)
     if settings.label_studio.catch_up:
         _add(scheduler, "catch-up", settings.label_studio.catch_up, catch_up_all, services)
+    # A project first seen through a webhook is learned whole soon, not at the next catch-up.
+    _add(scheduler, "catch-up-new", NEW_PROJECTS_EVERY, catch_up_new, services)
     scheduler.start()
     return scheduler
 

@@ -8,6 +8,7 @@ or ``repr()``.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -16,6 +17,7 @@ import httpx
 
 from service.labelstudio.errors import (
     ImageDownloadError,
+    LabelStudioError,
     LabelStudioHTTPError,
     LabelStudioUnavailable,
     Unsendable,
@@ -33,6 +35,28 @@ WEBHOOK_ACTIONS: tuple[str, ...] = (
     "TASKS_DELETED",
     "PROJECT_UPDATED",
 )
+
+
+def _tasks_after(task_id: int) -> str:
+    """The Data Manager query for tasks whose id is above ``task_id``, in id order."""
+    return json.dumps(
+        {
+            "filters": {
+                "conjunction": "and",
+                "items": [
+                    {
+                        "filter": "filter:tasks:id",
+                        "operator": "greater",
+                        "type": "Number",
+                        "value": task_id,
+                    }
+                ],
+            },
+            "ordering": ["tasks:id"],
+        },
+        separators=(",", ":"),
+    )
+
 
 _SSRF = re.compile(r"reserved|private|network address|not allowed|ssrf", re.IGNORECASE)
 
@@ -83,31 +107,39 @@ class LabelStudio:
     async def iter_tasks(
         self, project_id: int, *, page_size: int = 100, with_annotations: bool = False
     ) -> AsyncIterator[dict[str, Any]]:
-        """Every task of the project: id, data and counts, plus its annotations (and
-        predictions) with ``with_annotations`` (Label Studio's ``fields=all``)."""
-        page, seen = 1, 0
+        """Every task of the project, in id order: id, data and counts, plus its annotations
+        (and predictions) with ``with_annotations`` (Label Studio's ``fields=all``).
+
+        Pages by id, not by offset: each request asks for the first ``page_size`` tasks whose id
+        is above the last one seen (a Data Manager filter on ``/api/tasks/``). A task deleted
+        mid-listing cannot shift a page and hide the task behind it, as page numbers did.
+        """
+        after = 0
         while True:
             params: dict[str, str | int] = {
                 "project": project_id,
-                "page": page,
+                "page": 1,
                 "page_size": page_size,
+                "query": _tasks_after(after),
             }
             if with_annotations:
                 params["fields"] = "all"
-            try:
-                data = await self._http.api_dict("GET", "/api/tasks/", params=params)
-            except LabelStudioHTTPError as exc:
-                if exc.status_code == 404 and page > 1:  # Label Studio's answer past the end
-                    return
-                raise
+            data = await self._http.api_dict("GET", "/api/tasks/", params=params)
             tasks = data.get("tasks") or []
             for task in tasks:
+                task_id = task.get("id") if isinstance(task, dict) else None
+                if not isinstance(task_id, int) or task_id <= after:
+                    # Label Studio ignored the filter or the ordering: paging on would repeat
+                    # or skip tasks, so stop rather than answer a wrong list.
+                    raise LabelStudioError(
+                        f"GET /api/tasks/ of project {project_id}: tasks out of id order "
+                        f"(id {task_id!r} after {after}); this Label Studio does not filter "
+                        "tasks by id"
+                    )
+                after = task_id
                 yield task
-            seen += len(tasks)
-            total = data.get("total")
-            if not tasks or (isinstance(total, int) and seen >= total):
+            if len(tasks) < page_size:
                 return
-            page += 1
 
     async def list_webhooks(self, project_id: int) -> list[dict[str, Any]]:
         hooks = await self._http.api_list("GET", "/api/webhooks/", params={"project": project_id})

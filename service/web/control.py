@@ -11,14 +11,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.context import Services
-from service.ingest import relabel
 from service.jobs import triggers
-from service.labelstudio.errors import LabelStudioError
+from service.jobs.catchup import learn_if_new
 from service.labelstudio.ids import as_id
-from service.labelstudio.labelconfig import project_row
 from service.web import status
 from service.web.auth import bearer_allowed
-from storage import jobs, labels, models
+from storage import jobs, models
 from storage.db import reading
 
 logger = logging.getLogger(__name__)
@@ -64,6 +62,8 @@ async def list_projects(request: Request) -> JSONResponse:
 async def get_project(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
     project_id = _project_param(request)
+    if unknown := await learn_if_new(services, project_id):
+        return JSONResponse({"error": unknown}, status_code=404)
     body = await _read(services, status.project_status, project_id)
     if body is None:
         return _not_found(project_id)
@@ -74,18 +74,9 @@ async def get_project(request: Request) -> JSONResponse:
 async def train(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
     project_id: int = _project_param(request)
-    known = await _read(services, labels.get_project, project_id)
-    if known is None:
-        # Never heard of through a webhook: ask Label Studio whether it exists.
-        try:
-            project = await services.label_studio.get_project(project_id)
-        except LabelStudioError as exc:
-            services.metrics.label_studio_error(exc)
-            return JSONResponse(
-                {"error": f"project {project_id} unknown here and in Label Studio: {exc}"},
-                status_code=404,
-            )
-        await run_in_threadpool(_save_project, services, project_id, project)
+    # First sight (never caught up): learn what Label Studio holds before training on it.
+    if unknown := await learn_if_new(services, project_id):
+        return JSONResponse({"error": unknown}, status_code=404)
     job_id, created = await run_in_threadpool(_request_training, services, project_id)
     services.jobs_queued.set()
     return JSONResponse(
@@ -147,11 +138,6 @@ async def _read(services: Services, fn: Callable[..., Any], *args: Any) -> Any:
             return fn(conn, *args)
 
     return await run_in_threadpool(run)
-
-
-def _save_project(services: Services, project_id: int, project: dict[str, Any]) -> None:
-    with services.engine.begin() as conn:
-        relabel.save_project(conn, project_id, project_row(project))
 
 
 def _request_training(services: Services, project_id: int) -> tuple[int, bool]:

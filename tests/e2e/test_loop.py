@@ -180,7 +180,10 @@ def test_webhooks_are_idempotent_and_need_the_secret(
     tasks = sorted(ls.import_images(project_id, files), key=lambda t: t["id"])
     assert len(tasks) == 2
 
-    # Capture what Label Studio really sends (labelloop is not registered in this project).
+    # labelloop learns the project (empty yet) on first sight; it is not registered in it.
+    ll = labelloop_serve(project_id, threshold=1000)
+    assert ll.status()["annotations"] == 0
+    # Capture what Label Studio really sends.
     ls.add_webhook(project_id, webhook_receiver.url, ["ANNOTATION_CREATED"])
     bodies = []
     for task in tasks:
@@ -190,8 +193,6 @@ def test_webhooks_are_idempotent_and_need_the_secret(
         assert body["annotation"]["id"] == annotation["id"]
         bodies.append(body)
     first, second = bodies
-
-    ll = labelloop_serve(project_id, threshold=1000)
 
     def counts() -> tuple[int, int]:
         s = ll.status()

@@ -4,7 +4,7 @@ Labels used to be read once, against the config current at fold time: annotation
 the config was unsupported stayed label-less after it was fixed, and a choice removed from the
 config stayed a trained class. Every route a config arrives by re-derives: a webhook's project
 object (PROJECT_UPDATED, or inside any other event, catch-up's included), the pipeline's project
-sync, the control API's first sight of a project, and the ML backend's /setup.
+sync and the ML backend's /setup.
 """
 
 import json
@@ -17,7 +17,6 @@ from sqlalchemy.engine import Engine
 from service.context import Services
 from service.jobs.pipeline import _sync_and_read
 from service.labelstudio.labelconfig import project_row
-from service.web.control import _save_project
 from service.web.mlbackend import _setup_project
 from storage import events, labels
 from storage.db import create_engine
@@ -123,10 +122,10 @@ def test_the_pipeline_project_sync_re_derives(engine: Engine) -> None:
     assert state(engine) == (2, {100: "red"}, 1)
 
 
-async def test_the_control_api_and_ml_backend_setup_re_derive(services: Services) -> None:
+async def test_the_ml_backend_setup_re_derives(services: Services) -> None:
     engine = services.engine
     _folded_unsupported(engine)
-    _save_project(services, 1, payloads.project(label_config=RED_BLUE))
+    _setup_project(services, 1, RED_BLUE)
     assert state(engine) == (2, {100: "red", 101: "blue"}, 2)
 
     _setup_project(services, 1, RED_GREEN)  # Label Studio's /setup sends the config as schema

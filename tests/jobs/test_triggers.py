@@ -70,7 +70,7 @@ async def test_scheduler_has_one_timer_per_distinct_schedule(scheduled: Services
     scheduler = start_scheduler(scheduled)
     try:
         ids = sorted(job.id for job in scheduler.get_jobs())
-        assert ids == ["catch-up", "schedule:0 3 * * *", "schedule:15m"]
+        assert ids == ["catch-up", "catch-up-new", "schedule:0 3 * * *", "schedule:15m"]
     finally:
         scheduler.shutdown(wait=False)
 

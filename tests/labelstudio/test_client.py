@@ -16,6 +16,7 @@ from service.labelstudio import transport
 from service.labelstudio.client import WEBHOOK_ACTIONS, LabelStudio
 from service.labelstudio.errors import (
     ImageDownloadError,
+    LabelStudioError,
     LabelStudioHTTPError,
     LabelStudioUnavailable,
     WebhookRefused,
@@ -144,17 +145,21 @@ async def test_refused_pat_does_not_leak() -> None:
 # -- paging --------------------------------------------------------------------------------
 
 
-def task_server(count: int, with_total: bool, pages: list[int]) -> Handler:
+def task_server(ids: list[int], afters: list[int], *, honour_filter: bool = True) -> Handler:
+    """Label Studio 1.23.2's /api/tasks/ with a Data Manager query: the first ``page_size``
+    tasks whose id is above the filter's value, in id order; ``afters`` records the values."""
+
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/api/tasks/"
         params = request.url.params
-        assert params["project"] == "5"
-        page, size = int(params["page"]), int(params["page_size"])
-        pages.append(page)
-        chunk = [{"id": i} for i in range((page - 1) * size, min(page * size, count))]
-        if not chunk and page > 1:
-            return answer({"detail": "Invalid page."}, 404)
-        return answer({"tasks": chunk, **({"total": count} if with_total else {})})
+        assert (params["project"], params["page"]) == ("5", "1")
+        [item] = json.loads(params["query"])["filters"]["items"]
+        assert (item["filter"], item["operator"]) == ("filter:tasks:id", "greater")
+        after = int(item["value"]) if honour_filter else 0
+        afters.append(after)
+        above = [i for i in sorted(ids) if i > after]
+        chunk = [{"id": i} for i in above[: int(params["page_size"])]]
+        return answer({"total": len(above), "tasks": chunk})
 
     return handler
 
@@ -164,18 +169,35 @@ async def collect(ls: LabelStudio, page_size: int) -> list[int]:
     return [task["id"] async for task in tasks]
 
 
-async def test_iter_tasks_stops_at_total() -> None:
-    pages: list[int] = []
-    async with client(task_server(250, with_total=True, pages=pages)) as ls:
-        assert await collect(ls, 100) == list(range(250))
-    assert pages == [1, 2, 3]
+async def test_iter_tasks_pages_by_id() -> None:
+    afters: list[int] = []
+    ids = [3, *range(10, 259)]  # 250 tasks, ids with a gap
+    async with client(task_server(ids, afters)) as ls:
+        assert await collect(ls, 100) == ids
+    assert afters == [0, 108, 208]  # the last page is short: no request past the end
 
 
-async def test_iter_tasks_stops_on_404_past_the_end() -> None:
-    pages: list[int] = []
-    async with client(task_server(300, with_total=False, pages=pages)) as ls:
-        assert await collect(ls, 100) == list(range(300))
-    assert pages == [1, 2, 3, 4]
+async def test_iter_tasks_skips_no_task_when_one_is_deleted_mid_listing() -> None:
+    ids = list(range(1, 251))
+    afters: list[int] = []
+    serve = task_server(ids, afters)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if len(afters) == 1:
+            ids.remove(5)  # page 1 was read; with page numbers, task 101 would now be skipped
+        return serve(request)
+
+    async with client(handler) as ls:
+        seen = await collect(ls, 100)
+    assert 101 in seen and seen == sorted(seen) and len(seen) == 250
+
+
+async def test_iter_tasks_refuses_a_label_studio_that_ignores_the_filter() -> None:
+    afters: list[int] = []
+    async with client(task_server(list(range(1, 251)), afters, honour_filter=False)) as ls:
+        with pytest.raises(LabelStudioError, match="does not filter tasks by id"):
+            await collect(ls, 100)
+    assert len(afters) == 2  # no endless loop over page 1
 
 
 async def test_iter_tasks_404_on_first_page_is_an_error() -> None:
