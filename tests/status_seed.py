@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from service.vision.head import compute_metrics
+from service.vision.metrics import compute_metrics
 from storage import events, jobs, labels, models
 from storage.db import utcnow
 from storage.tables import jobs as jobs_table

@@ -85,7 +85,7 @@ class Pipeline:
         taken = set(await self.services.label_studio.model_versions(project_id))
         await asyncio.to_thread(prepare_gate, self.services.engine, project_id, fitted)
         version, decision = await self._db(
-            _register_leased, job_id, lease, project_id, settings, fitted, taken
+            _register_leased, job_id, lease, project_id, job_id, settings, fitted, taken
         )
         logger.info("project %d: %s (%s): %s", project_id, version, kind, decision.reason)
         if decision.promote:
@@ -264,18 +264,11 @@ class Pipeline:
         return await asyncio.to_thread(run)
 
 
-def _register_leased(
-    conn: Any,
-    job_id: int,
-    lease: int,
-    project_id: int,
-    settings: TrainingSettings,
-    fitted: Fitted,
-    taken: set[str],
-) -> Any:
-    """``register``, in one transaction with the check that the job is still this worker's."""
+def _register_leased(conn: Any, job_id: int, lease: int, *args: Any) -> Any:
+    """``register(conn, *args)``, in one transaction with the check that the job is still this
+    worker's."""
     jobs.check_lease(conn, job_id, lease)
-    return register(conn, project_id, job_id, settings, fitted, taken)
+    return register(conn, *args)
 
 
 def _sync_and_read(

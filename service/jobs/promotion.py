@@ -14,7 +14,7 @@ still be activated by hand.
 from dataclasses import dataclass
 from typing import Any
 
-from service.vision.head import Metrics
+from service.vision.metrics import Metrics
 
 
 @dataclass(frozen=True)

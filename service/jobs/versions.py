@@ -24,7 +24,8 @@ from service.jobs.promotion import Comparison, Decision, decide
 from service.settings import TrainingSettings
 from service.vision.backbone import BackboneSpec
 from service.vision.compare import paired, refit_predictions
-from service.vision.head import FOLDS, Head, Metrics
+from service.vision.head import FOLDS, Head
+from service.vision.metrics import Metrics
 from storage import models
 from storage.db import reading
 

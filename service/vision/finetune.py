@@ -15,7 +15,8 @@ from torch.nn import functional
 from torchvision.transforms import v2
 
 from service.vision.backbone import BackboneSpec, build_resnet
-from service.vision.head import Head, Metrics, compute_metrics, fit_temperature, holdout_mask
+from service.vision.head import Head, fit_temperature, holdout_mask
+from service.vision.metrics import Metrics, compute_metrics
 
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9

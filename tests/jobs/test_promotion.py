@@ -16,15 +16,8 @@ from service.jobs.versions import Fitted
 from service.jobs.worker import Worker
 from service.settings import TrainingSettings
 from service.vision.backbone import BackboneSpec
-from service.vision.head import (
-    Head,
-    Metrics,
-    TrainResult,
-    compute_metrics,
-    evaluate,
-    fold_of,
-    train_head,
-)
+from service.vision.head import Head, TrainResult, evaluate, fold_of, train_head
+from service.vision.metrics import Metrics, compute_metrics
 from service.web.control import _activate
 from storage import jobs, models
 from storage.db import create_engine, utcnow

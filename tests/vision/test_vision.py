@@ -23,14 +23,7 @@ from service.vision.backbone import (
     resolve_device,
 )
 from service.vision.compare import paired, refit_predictions
-from service.vision.head import (
-    Head,
-    compute_metrics,
-    evaluate,
-    fold_of,
-    holdout_mask,
-    train_head,
-)
+from service.vision.head import Head, evaluate, fold_of, holdout_mask, train_head
 from service.vision.images import (
     PREPROCESS_VERSION,
     ImageError,
@@ -38,6 +31,7 @@ from service.vision.images import (
     decode_image,
     preprocess,
 )
+from service.vision.metrics import compute_metrics
 
 SIZE = 64
 CPU = torch.device("cpu")
