@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from service.context import Services
 from service.ingest import relabel
 from service.jobs import triggers
+from service.jobs.catchup import learn_if_new
 from service.labelstudio.ids import as_id
 from service.labelstudio.labelconfig import project_row
 from service.web.auth import basic_or_bearer_allowed
@@ -55,6 +56,8 @@ async def setup(request: Request) -> Response:
     schema = body.get("schema")
     if isinstance(schema, str) and "\x00" in schema:
         return JSONResponse({"error": "'schema' is not a label config"}, status_code=400)
+    # First sight: learn what Label Studio already holds (annotated before labelloop came).
+    await learn_if_new(services, project_id)
     active = await run_in_threadpool(_setup_project, services, project_id, schema)
     return JSONResponse({"model_version": active or ""})
 
@@ -82,6 +85,7 @@ async def train(request: Request) -> Response:
     project_id = _project_id(body.get("project"))
     if project_id is None:
         return JSONResponse({"error": "body needs 'project'"}, status_code=400)
+    await learn_if_new(services, project_id)  # a first training sees what was labeled before
 
     def enqueue() -> int:
         with services.engine.begin() as conn:

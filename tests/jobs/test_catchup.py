@@ -260,6 +260,17 @@ def test_manual_train_of_a_project_annotated_before_labelloop_learns_it_first(
     assert [j["id"] for j in status["jobs"]] == [answer.json()["job_id"]]
 
 
+@pytest.mark.parametrize("route", ["/setup", "/train"])
+def test_the_ml_backend_learns_a_project_annotated_before_labelloop_first(
+    app_client: TestClient, engine: Engine, fake: FakeLabelStudio, route: str
+) -> None:
+    labeled_in_label_studio(fake)
+    answer = app_client.post(route, json={"project": "1.1700000000"})
+    assert answer.status_code in (200, 201), answer.text
+    with engine.begin() as conn:  # read here, not through GET /projects/1 (which learns too)
+        assert len(labels.training_labels(conn, 1)) == 10
+
+
 def test_status_of_a_project_annotated_before_labelloop_answers_with_its_labels(
     app_client: TestClient, fake: FakeLabelStudio
 ) -> None:
