@@ -46,6 +46,12 @@ class Services:
     # Set whenever a job is queued: the in-process worker wakes and claims it.
     jobs_queued: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def write_turn(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """Hold this for a write transaction: the write lock on SQLite (one writer at a time),
+        nothing on Postgres (its row locks do the work)."""
+        sqlite = self.engine.dialect.name == "sqlite"
+        return self.write_lock if sqlite else contextlib.nullcontext()
+
 
 @contextlib.asynccontextmanager
 async def open_services(

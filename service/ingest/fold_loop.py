@@ -42,8 +42,7 @@ async def run_folder(
         try:
             while True:
                 await writer.quiet(max_wait=1.0)  # webhooks first
-                lock = services.write_lock if services.engine.dialect.name == "sqlite" else None
-                async with lock or contextlib.nullcontext():
+                async with services.write_turn():
                     result = await asyncio.to_thread(fold_batch, services.engine, services.settings)
                 if result.queued_jobs:
                     services.jobs_queued.set()

@@ -6,7 +6,7 @@ the annotation row, so when a project's config changes (fixed after being unsupp
 removed or added, another Choices name) its labels are re-derived in one pass over its
 annotations and one set-based update, without replaying the event log. Every route a config
 arrives by goes through here: the fold (a webhook's project object, catch-up's events), the
-pipeline's project sync, the control API and the ML backend's /setup.
+pipeline's project sync and the ML backend's /setup.
 
 A re-derived label is a change to training data (counted toward the threshold, like the fold
 counts changes) exactly when it differs from the stored one: the rows read are the live,

@@ -23,7 +23,6 @@ commit between them (SQLite has one writer) and no batch nears the busy timeout.
 """
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -97,8 +96,7 @@ async def learn(services: Services, project_id: int) -> CatchUpReport:
     project wait on. Raises LabelStudioError (the project row exists once the project itself
     was read)."""
     report = await catch_up(services, project_id)
-    lock = services.write_lock if services.engine.dialect.name == "sqlite" else None
-    async with lock or contextlib.nullcontext():
+    async with services.write_turn():
         folded = await asyncio.to_thread(fold_all, services)
     if folded.queued_jobs:
         services.jobs_queued.set()
@@ -206,8 +204,7 @@ async def _write(services: Services, fn: Callable[..., Any], *args: Any) -> Any:
         with services.engine.begin() as conn:
             return fn(conn, *args)
 
-    lock = services.write_lock if services.engine.dialect.name == "sqlite" else None
-    async with lock or contextlib.nullcontext():
+    async with services.write_turn():
         return await asyncio.to_thread(run)
 
 
