@@ -143,7 +143,7 @@ async def test_a_fresh_install_never_takes_an_earlier_installs_version_name(
     # An earlier install (its database since wiped) pushed labelloop-v1 onto tasks 7-10.
     for task_id in (7, 8, 9, 10):
         old = prediction(task_id, "red", 0.5, "labelloop-v1", "label", "image")
-        fake.predictions.append({**old, "id": len(fake.predictions) + 1})
+        fake.add_prediction(old)
     fake.model_version = "labelloop-v1"
 
     annotate(services, *first_six())
