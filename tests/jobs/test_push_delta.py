@@ -7,7 +7,7 @@ the probabilities the test wants), so which predictions change between two pushe
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -31,7 +31,7 @@ TASKS = {7, 8, 9, 10, 13}
 class EchoHead:
     """A head whose probabilities are the vectors it is given: [P(blue), P(red)]."""
 
-    labels = ["blue", "red"]
+    labels: ClassVar[list[str]] = ["blue", "red"]
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         return x
