@@ -19,6 +19,7 @@ from service.jobs.predictions import EPSILON, PushReport, prediction, push_predi
 from service.jobs.worker import Worker
 from service.labelstudio.client import LabelStudio
 from service.web.control import _activate
+from service.web.status import project_status
 from storage import jobs, labels, models, pushed
 from tests.fake_labelstudio import TOKEN, FakeLabelStudio, annotate, first_six
 
@@ -273,6 +274,10 @@ async def test_label_studio_holds_only_the_stable_name_after_retrains_and_old_na
         job = jobs.recent(conn, 1)[0]
     assert job.progress["label_studio_version"] == NAME
     assert not fake.listed_project_predictions()
+    with services.engine.begin() as conn:
+        body = project_status(conn, 1)
+    assert body is not None and body["active_model"]["version"] == "labelloop-v2"
+    assert body["active_model"]["label_studio_version"] == NAME
 
 
 async def test_a_rollback_replaces_what_differs(services: Services, fake: FakeLabelStudio) -> None:
