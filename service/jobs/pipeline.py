@@ -226,8 +226,7 @@ class Pipeline:
         """Predict every unlabeled task (embedding what is not known yet) and push what changed.
 
         Only while ``version`` is the active one: a version activated meanwhile has a push of
-        its own queued behind this job, and the project's model_version must not go back. Each
-        write to Label Studio begins with the job's lease checked.
+        its own queued behind this job, and the project's model_version must not go back.
         """
         project_id = snapshot.project.id
 
@@ -261,9 +260,7 @@ class Pipeline:
             progress=_stage(progress, "pushing"),
             still_active=still_active,
         )
-        progress["pushed"] = pushed.written
-        progress["unchanged"] = pushed.unchanged
-        progress["label_studio_version"] = pushed.label_studio_version
+        progress.update(pushed.progress())
         self.services.metrics.pushed(pushed.written)
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
