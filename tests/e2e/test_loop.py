@@ -169,7 +169,7 @@ def test_annotations_retrain_and_predictions_flow_back(
 
     final = ll.status()
     assert final["annotations"] == 6, final
-    assert final["active_model"]["version"] == version, final
+    assert final["active_model"]["label_studio_version"] == version, final
 
 
 def test_webhooks_are_idempotent_and_need_the_secret(
