@@ -34,7 +34,9 @@ from storage.pushed import UNCERTAIN, Held
 logger = logging.getLogger(__name__)
 
 CHUNK = 500
-PUSH_ROUNDS = 3  # settle what is uncertain, push the delta; again after an interrupted write
+# Settle what is uncertain, push the delta; again after an interrupted write, up to this many
+# interruptions in a row without a chunk written in between.
+PUSH_ROUNDS = 3
 # A prediction is rewritten only if its label changed or its score moved by more than this.
 # Measured on digits (bench/scale.py --epsilon, +20 labels a retrain): 2.6-4.6% of labels
 # change, and of the rest 3.8-5.0% move by more than 0.02, 3.3-4.5% by more than 0.03, 3.0-3.7%
@@ -53,6 +55,7 @@ class PushReport:
     imported: int = 0  # tasks that held no prediction of ours
     replaced: int = 0  # label changed or score moved past EPSILON
     unchanged: int = 0
+    adopted: int = 0  # found in Label Studio after an interrupted write: not sent again
     deleted_versions: dict[str, int] = field(default_factory=dict)
     repaired: bool = False
     started: float = field(default_factory=time.monotonic)
@@ -96,13 +99,17 @@ async def push_predictions(
     name = await label_studio_name(client, db, project_id)
     report = PushReport(name)
     write = _Writer(client, db, project_id, name, version, from_name, to_name, guard)
-    for round_ in range(1, PUSH_ROUNDS + 1):
+    failures, written = 0, -1
+    while True:
         try:
-            await write.settle()
+            report.adopted += await write.settle()
             await write.delta(desired, tasks, report, progress)
             break
         except LabelStudioUnavailable as exc:
-            if round_ == PUSH_ROUNDS:
+            done = report.written + report.adopted
+            failures = 1 if done > written else failures + 1
+            written = done
+            if failures == PUSH_ROUNDS:
                 raise
             logger.warning("push of %s interrupted (%s); checking the tasks it was writing",
                            version, exc)  # fmt: skip
@@ -160,11 +167,12 @@ class _Writer:
     to_name: str
     guard: Callable[[Connection], None]
 
-    async def settle(self) -> None:
-        """Rows left uncertain: ask Label Studio about those tasks alone, adopt what it holds."""
+    async def settle(self) -> int:
+        """Rows left uncertain: ask Label Studio about those tasks alone, adopt what it holds;
+        returns how many tasks held a prediction."""
         ids: list[int] = await self.db(pushed.uncertain, self.project_id)
         if not ids:
-            return
+            return 0
         logger.info("project %d: checking %d tasks an earlier push was writing",
                     self.project_id, len(ids))  # fmt: skip
         found = await self.client.task_predictions(self.project_id, ids)
@@ -174,6 +182,7 @@ class _Writer:
         )
         await self._delete_ids(extra)
         await self.db(_settled, self.project_id, adopt, [t for t in ids if t not in adopt])
+        return len(adopt)
 
     async def delta(
         self,

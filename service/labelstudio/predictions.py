@@ -14,6 +14,9 @@ from service.labelstudio.errors import LabelStudioHTTPError
 from service.labelstudio.transport import Transport
 
 TASK_SCOPE = 100  # tasks named per task-scoped request (their ids travel in the URL)
+# Bulk writes wait this long: an import is never resent blindly, so a timeout costs a check of
+# the chunk's tasks (Label Studio took over 10 s for 500 predictions on a loaded 2-core host).
+WRITE_TIMEOUT = 120.0
 
 
 class PredictionsAPI:
@@ -66,6 +69,7 @@ class PredictionsAPI:
             "/api/dm/actions",
             params={"id": "delete_tasks_predictions", "project": project_id},
             json={"selectedItems": {"all": False, "included": [int(t) for t in task_ids]}},
+            wait_s=WRITE_TIMEOUT,
         )
         return int(data.get("processed_items", 0))
 
@@ -106,6 +110,6 @@ class PredictionsAPI:
             return 0
         path = f"/api/projects/{project_id}/import/predictions"  # no trailing slash in LS
         data = await self._http.api_dict(
-            "POST", path, json=[dict(p) for p in predictions], retry=False
+            "POST", path, json=[dict(p) for p in predictions], retry=False, wait_s=WRITE_TIMEOUT
         )
         return int(data.get("created", 0))

@@ -15,6 +15,7 @@ import torch
 from sqlalchemy.engine import Engine
 
 from service.context import Services
+from service.jobs import predictions
 from service.jobs.predictions import EPSILON, PushReport, prediction, push_predictions
 from service.jobs.worker import Worker
 from service.labelstudio.client import LabelStudio
@@ -180,6 +181,17 @@ async def test_a_503_after_storing_a_chunk_resumes_in_the_same_push(
     fake.fail_imports = 1  # stored, then the answer is lost
     await push(engine, fake, "labelloop-v1", {7: red(0.9), 8: red(0.2)})
     assert set(shown(fake)) == {7, 8}
+    assert not fake.listed_project_predictions()
+
+
+async def test_interruptions_do_not_end_a_push_that_keeps_making_progress(
+    engine: Engine, project: FakeLabelStudio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = project
+    monkeypatch.setattr(predictions, "CHUNK", 1)
+    fake.fail_imports = predictions.PUSH_ROUNDS + 1  # every chunk's answer lost, once each
+    await push(engine, fake, "labelloop-v1", {t: red(0.9) for t in (7, 8, 9, 10, 13)})
+    assert set(shown(fake)) == {7, 8, 9, 10, 13}
     assert not fake.listed_project_predictions()
 
 
