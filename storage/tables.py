@@ -60,6 +60,9 @@ projects = sa.Table(
     sa.Column("updated_at", UTC_TIME, nullable=False),
     # When catch-up last compared the project with Label Studio; NULL: never (learn it first).
     sa.Column("caught_up_at", UTC_TIME),
+    # The one model_version every labelloop prediction of this project carries in Label Studio
+    # (whichever labelloop version made it), chosen at the first push; NULL: none pushed yet.
+    sa.Column("label_studio_version", sa.String(64)),
 )
 
 tasks = sa.Table(
@@ -168,4 +171,19 @@ model_versions = sa.Table(
     sa.Column("promotion", sa.Text),  # why the gate promoted it, or kept it inactive
     sa.Column("created_at", UTC_TIME, nullable=False),
     sa.UniqueConstraint("project_id", "version", name="uq_model_versions_project_version"),
+)
+
+# What Label Studio holds of labelloop's, per task: one row per (project, task) holding a
+# prediction under projects.label_studio_version. ``state`` is ``pushed``, or ``uncertain``: a
+# write to Label Studio for the task began and its outcome is unknown (checked task by task at
+# the next push). ``version`` is the labelloop version whose prediction it is.
+pushed = sa.Table(
+    "pushed",
+    metadata,
+    sa.Column("project_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("task_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("label", sa.String(255), nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pushed | uncertain
 )

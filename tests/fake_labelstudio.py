@@ -52,6 +52,27 @@ class FakeLabelStudio:
     # project there, as annotators do while a listing runs.
     on_list: Callable[[int], None] | None = None
     listings: int = 0
+    calls: list[str] = field(default_factory=list)  # "METHOD path?query" of every request
+    next_id: int = 0  # the last prediction id given (ids are never reused, as in Label Studio)
+
+    def add_prediction(self, prediction: dict[str, Any]) -> dict[str, Any]:
+        """Store a prediction as another client (another model, an earlier install) would."""
+        self.next_id += 1
+        stored = {**prediction, "id": self.next_id}
+        self.predictions.append(stored)
+        return stored
+
+    def predictions_of(self, version: str) -> dict[int, list[dict[str, Any]]]:
+        """Task id -> its predictions of ``version``."""
+        found: dict[int, list[dict[str, Any]]] = {}
+        for p in self.predictions:
+            if p["model_version"] == version:
+                found.setdefault(p["task"], []).append(p)
+        return found
+
+    def listed_project_predictions(self) -> bool:
+        """Whether anyone asked for the whole project's predictions."""
+        return any(c.startswith("GET /api/predictions/?project=") for c in self.calls)
 
     def add_task(self, task_id: int, image: bytes | None) -> None:
         path = f"/data/upload/{self.project_id}/img-{task_id}.png"
@@ -68,6 +89,8 @@ class FakeLabelStudio:
                 401, json={"detail": "Authentication credentials were not provided."}
             )
         path, params = request.url.path, request.url.params
+        query = request.url.query.decode()
+        self.calls.append(f"{request.method} {path}" + (f"?{query}" if query else ""))
         project_path = f"/api/projects/{self.project_id}/"
         if path == project_path and request.method == "GET":
             body = payloads.project(self.project_id, self.label_config)
@@ -78,6 +101,8 @@ class FakeLabelStudio:
                 return httpx.Response(400, json={"model_version": ["no predictions"]})
             self.model_version = version
             return httpx.Response(200, json={"id": self.project_id, "model_version": version})
+        if path == "/api/tasks/" and _selected(params.get("query")) is not None:
+            return self._selected_tasks(_selected(params.get("query")) or [], params)
         if path == "/api/tasks/":
             if self.on_list is not None:
                 self.on_list(self.listings)
@@ -95,8 +120,32 @@ class FakeLabelStudio:
             if path not in self.files:
                 return httpx.Response(404, text="not found")
             return httpx.Response(200, content=self.files[path])
-        if path == "/api/predictions/":
+        if path == "/api/predictions/" and request.method == "GET":
+            if "task" in params:
+                task = int(params["task"])
+                return httpx.Response(200, json=[p for p in self.predictions if p["task"] == task])
             return httpx.Response(200, json=self.predictions)
+        if path.startswith("/api/predictions/") and request.method == "DELETE":
+            prediction_id = int(path.rstrip("/").rsplit("/", 1)[1])
+            if not any(p["id"] == prediction_id for p in self.predictions):
+                return httpx.Response(404, json={"detail": "Not found."})
+            self.predictions = [p for p in self.predictions if p["id"] != prediction_id]
+            return httpx.Response(204)
+        if path == "/api/dm/actions" and request.method == "POST":
+            if params.get("id") != "delete_tasks_predictions":
+                return httpx.Response(422, json={"detail": "unknown action"})
+            included = set(json.loads(request.content)["selectedItems"]["included"])
+            before = len(self.predictions)
+            self.predictions = [p for p in self.predictions if p["task"] not in included]
+            deleted = before - len(self.predictions)
+            return httpx.Response(200, json={"processed_items": deleted, "detail": "Deleted"})
+        if path == f"{project_path}model-versions/" and request.method == "DELETE":
+            version = json.loads(request.content)["model_version"]
+            before = len(self.predictions)
+            self.predictions = [p for p in self.predictions if p["model_version"] != version]
+            if self.model_version == version:
+                self.model_version = ""  # as Label Studio does (should_none_model_version)
+            return httpx.Response(200, json={"deleted_predictions": before - len(self.predictions)})
         if path == f"{project_path}model-versions/":
             versions = {p["model_version"]: 0 for p in self.predictions}
             for p in self.predictions:
@@ -115,16 +164,42 @@ class FakeLabelStudio:
             return httpx.Response(404, json={"detail": "Invalid page."})
         return httpx.Response(200, json={"total": len(ordered), "tasks": chunk})
 
+    def _selected_tasks(self, included: list[int], params: Any) -> httpx.Response:
+        """The Data Manager's list of the selected tasks (``fields=all``: with predictions)."""
+        chosen = [self.tasks[t] for t in sorted(self.tasks) if t in set(included)]
+        chosen = chosen[: int(params.get("page_size", 100))]
+        if params.get("fields") == "all":
+            chosen = [
+                {
+                    **task,
+                    "annotations": self.annotations.get(task["id"], []),
+                    "predictions": [p for p in self.predictions if p["task"] == task["id"]],
+                }
+                for task in chosen
+            ]
+        return httpx.Response(200, json={"total": len(chosen), "tasks": chosen})
+
     def _import(self, body: list[dict[str, Any]]) -> httpx.Response:
         for prediction in body:
             if prediction["task"] not in self.tasks:
                 return httpx.Response(400, json={"detail": "task not in project"})
         for prediction in body:
-            self.predictions.append({**prediction, "id": len(self.predictions) + 1})
+            self.next_id += 1
+            self.predictions.append({**prediction, "id": self.next_id})
         if self.fail_imports:
             self.fail_imports -= 1
             return httpx.Response(503, text="upstream timeout")  # stored, but the answer is lost
         return httpx.Response(201, json={"created": len(body)})
+
+
+def _selected(query: str | None) -> list[int] | None:
+    """The task ids of a Data Manager query's ``selectedItems`` (``all: false``), else None."""
+    if not query:
+        return None
+    selected = json.loads(query).get("selectedItems")
+    if not isinstance(selected, dict) or selected.get("all") is not False:
+        return None
+    return [int(t) for t in selected.get("included") or []]
 
 
 def _id_above(query: str | None) -> int:

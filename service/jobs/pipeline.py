@@ -2,7 +2,8 @@
 
 train: Label Studio tasks -> embeddings (cached) -> head on labeled tasks -> evaluation ->
        version stored -> promotion gate -> (if promoted) activate and push predictions
-push:  the active version's predictions for the unlabeled tasks -> project model_version
+push:  the active version's predictions for the unlabeled tasks, what changed only, under the
+       project's one Label Studio name -> project model_version
 """
 
 import asyncio
@@ -89,7 +90,7 @@ class Pipeline:
         )
         logger.info("project %d: %s (%s): %s", project_id, version, kind, decision.reason)
         if decision.promote:
-            await self._push(snapshot, version, fitted, settings, progress)
+            await self._push(snapshot, version, fitted, settings, progress, job_id, lease)
         progress["stage"] = "done"
         return Outcome("succeeded", model_version=version, note=decision.reason)
 
@@ -123,7 +124,7 @@ class Pipeline:
             return Outcome("skipped", error=f"unsupported: {snapshot.project.unsupported_reason}")
         stored_model = Fitted(spec, Head.from_bytes(row.head), None, [], None, [], {}, set())
         await self._db(jobs.check_lease, job_id, lease)
-        await self._push(snapshot, version, stored_model, settings, progress)
+        await self._push(snapshot, version, stored_model, settings, progress, job_id, lease)
         progress["stage"] = "done"
         return Outcome("succeeded", model_version=version, note=note)
 
@@ -219,8 +220,10 @@ class Pipeline:
         model: Fitted,
         settings: TrainingSettings,
         progress: dict[str, Any],
+        job_id: int,
+        lease: int,
     ) -> None:
-        """Predict every unlabeled task (embedding what is not known yet) and push.
+        """Predict every unlabeled task (embedding what is not known yet) and push what changed.
 
         Only while ``version`` is the active one: a version activated meanwhile has a push of
         its own queued behind this job, and the project's model_version must not go back.
@@ -243,18 +246,22 @@ class Pipeline:
         if missing:
             report = await self._embed(missing, snapshot, model.spec, settings, progress)
             vectors = {**vectors, **report.vectors}
-        progress["pushed"] = await push_predictions(
+        pushed = await push_predictions(
             self.services.label_studio,
+            self._db,
             snapshot.project.id,
             version,
             model.head,
             {t.id: vectors[t.id] for t in unlabeled if t.id in vectors},
             from_name=snapshot.project.from_name,
             to_name=snapshot.project.to_name,
+            tasks={t.id for t in snapshot.tasks},
+            guard=lambda conn: jobs.check_lease(conn, job_id, lease),
             progress=_stage(progress, "pushing"),
             still_active=still_active,
         )
-        self.services.metrics.pushed(progress["pushed"])
+        progress.update(pushed.progress())
+        self.services.metrics.pushed(pushed.written)
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         def run() -> Any:

@@ -1,31 +1,82 @@
-"""Push a version's predictions into Label Studio without ever duplicating one.
+"""Push a version's predictions into Label Studio at the cost of what changed.
 
-Label Studio's own list of predictions is the truth: tasks that already hold a prediction of
-this version are skipped, so a push interrupted at any point (a crash, a restart, a timeout
-after Label Studio stored a chunk) resumes where it stopped. The project's ``model_version`` is
-set only after the predictions exist (Label Studio refuses it before), and only to the version
-labelloop holds active at that moment.
+Every labelloop prediction of a project carries one model_version name in Label Studio (the
+project's ``label_studio_version``, chosen at its first push), whichever labelloop version made
+it; labelloop keeps its own version history. ``storage.pushed`` knows what each task holds, so a
+push writes only the tasks whose label changed or whose score moved by more than ``EPSILON``
+(replace: delete our prediction of the task, then import) and the tasks that hold none (import).
+Each chunk's rows are marked uncertain before Label Studio is written and pushed after; a push
+finding uncertain rows (a crash, an answer lost after Label Studio stored a chunk) asks Label
+Studio about exactly those tasks, never about the whole project, so it resumes without a
+duplicate. Only labelloop's own predictions are ever deleted. Afterwards Label Studio's count
+under the name must equal the rows (else the repair in ``push_repair`` runs), the project's
+``model_version`` is set to the name (only while the version is still active), and the names an
+older labelloop pushed one per version are deleted.
 """
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from sqlalchemy.engine import Connection
 
+from service.jobs import push_repair
 from service.labelstudio.client import LabelStudio
 from service.labelstudio.errors import LabelStudioUnavailable
 from service.vision.head import Head
+from storage import pushed
+from storage.pushed import UNCERTAIN, Held
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 500
-PUSH_ROUNDS = 3  # list, import what is missing; again after an interrupted import
+# Settle what is uncertain, push the delta; again after an interrupted write, up to this many
+# interruptions in a row without a chunk written in between.
+PUSH_ROUNDS = 3
+# A prediction is rewritten only if its label changed or its score moved by more than this.
+# Measured on digits (bench/scale.py --epsilon, +20 labels a retrain): 2.6-4.6% of labels
+# change, and of the rest 3.8-5.0% move by more than 0.02, 3.3-4.5% by more than 0.03, 3.0-3.7%
+# by more than 0.05: past 0.02 the rewrites barely shrink, so a small ε keeps annotators' score
+# sort close to the model's for little cost.
+EPSILON = 0.03
+BASE_NAME = "labelloop"
+DELETE_CONCURRENCY = 8
+
+Db = Callable[..., Awaitable[Any]]  # runs fn(conn, *args) in one transaction
+
+
+@dataclass
+class PushReport:
+    label_studio_version: str
+    imported: int = 0  # tasks that held no prediction of ours
+    replaced: int = 0  # label changed or score moved past EPSILON
+    unchanged: int = 0
+    adopted: int = 0  # found in Label Studio after an interrupted write: not sent again
+    deleted_versions: dict[str, int] = field(default_factory=dict)
+    repaired: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def written(self) -> int:
+        return self.imported + self.replaced
+
+    def progress(self) -> dict[str, Any]:
+        """What the job's progress shows of the push."""
+        return {
+            "pushed": self.written,
+            "unchanged": self.unchanged,
+            "label_studio_version": self.label_studio_version,
+            "push_seconds": round(time.monotonic() - self.started, 3),
+        }
 
 
 async def push_predictions(
     client: LabelStudio,
+    db: Db,
     project_id: int,
     version: str,
     head: Head,
@@ -33,44 +84,202 @@ async def push_predictions(
     *,
     from_name: str,
     to_name: str,
+    tasks: set[int],
+    guard: Callable[[Connection], None] = lambda conn: None,
     progress: Callable[[int, int], None] = lambda done, total: None,
     still_active: Callable[[], Awaitable[bool]] | None = None,
-) -> int:
-    """Predict ``vectors`` (task id -> embedding) and import them; returns how many were new.
+) -> PushReport:
+    """Predict ``vectors`` (task id -> embedding) and bring Label Studio to them.
 
-    The project's model_version is set to ``version`` only if ``still_active()`` says so
-    after the import (a rollback during the push has a push of its own queued).
+    ``tasks``: every task the project has (rows of others are forgotten: Label Studio deleted
+    their predictions with them). ``guard(conn)`` runs in each transaction that begins a write
+    (the job's lease check). The project's model_version is set only if ``still_active()``.
     """
-    ordered = sorted(vectors)
-    predictions: dict[int, dict[str, Any]] = {}
-    if ordered:
-        stacked = torch.stack([vectors[t] for t in ordered])
-        probs = await asyncio.to_thread(head.predict_proba, stacked)
-        scores, indices = probs.max(dim=1)
-        predictions = {
-            tid: prediction(tid, head.labels[int(i)], float(s), version, from_name, to_name)
-            for tid, s, i in zip(ordered, scores, indices, strict=True)
-        }
-    created = 0
-    for round_ in range(1, PUSH_ROUNDS + 1):
-        existing = await client.list_predictions(project_id)
-        done = {p.get("task") for p in existing if p.get("model_version") == version}
-        todo = [predictions[tid] for tid in ordered if tid not in done]
+    desired = await _predict(head, vectors)
+    name = await label_studio_name(client, db, project_id)
+    report = PushReport(name)
+    write = _Writer(client, db, project_id, name, version, from_name, to_name, guard)
+    failures, written = 0, -1
+    while True:
         try:
-            for start in range(0, len(todo), CHUNK):
-                chunk = todo[start : start + CHUNK]
-                created += await client.import_predictions(project_id, chunk)
-                progress(start + len(chunk), len(todo))
+            report.adopted += await write.settle()
+            await write.delta(desired, tasks, report, progress)
             break
         except LabelStudioUnavailable as exc:
-            if round_ == PUSH_ROUNDS:
+            done = report.written + report.adopted
+            failures = 1 if done > written else failures + 1
+            written = done
+            if failures == PUSH_ROUNDS:
                 raise
-            logger.warning("push of %s interrupted (%s); resuming from Label Studio's list",
+            logger.warning("push of %s interrupted (%s); checking the tasks it was writing",
                            version, exc)  # fmt: skip
-    if (predictions or done) and (still_active is None or await still_active()):
-        await client.set_model_version(project_id, version)
-    logger.info("project %d: %d predictions of %s pushed", project_id, created, version)
-    return created
+    versions = await client.model_versions(project_id)
+    expected = await db(pushed.count, project_id)
+    if versions.get(name, 0) != expected:
+        logger.warning(
+            "project %d: Label Studio holds %d predictions of %s, labelloop %d (deleted in Label "
+            "Studio, or added by an ML-backend call); repairing from its list",
+            project_id, versions.get(name, 0), name, expected,
+        )  # fmt: skip
+        await push_repair.repair(client, db, project_id, name, version)
+        report.repaired = True
+        await write.delta(desired, tasks, report, progress)
+        versions = await client.model_versions(project_id)
+    if versions.get(name, 0) and (still_active is None or await still_active()):
+        project = await client.get_project(project_id)
+        if project.get("model_version") != name:
+            await client.set_model_version(project_id, name)
+    ours = await db(pushed.labelloop_names, project_id)
+    for old, n in versions.items():
+        if old in ours and old != name and n:
+            report.deleted_versions[old] = await client.delete_model_version(project_id, old)
+    logger.info(
+        "project %d: %s pushed as %s: %d new, %d replaced, %d unchanged; deleted %s",
+        project_id, version, name, report.imported, report.replaced, report.unchanged,
+        report.deleted_versions or "nothing",
+    )  # fmt: skip
+    return report
+
+
+async def label_studio_name(client: LabelStudio, db: Db, project_id: int) -> str:
+    """The project's name in Label Studio, chosen now if it has none: "labelloop", or
+    "labelloop-2", "-3"... if Label Studio holds predictions of that name (an earlier install's,
+    or another model's)."""
+    name: str | None = await db(pushed.label_studio_version, project_id)
+    if name:
+        return name
+    taken = {v for v, n in (await client.model_versions(project_id)).items() if n}
+    candidate, number = BASE_NAME, 2
+    while candidate in taken:
+        candidate, number = f"{BASE_NAME}-{number}", number + 1
+    chosen: str = await db(pushed.claim_label_studio_version, project_id, candidate)
+    return chosen
+
+
+@dataclass
+class _Writer:
+    client: LabelStudio
+    db: Db
+    project_id: int
+    name: str
+    version: str
+    from_name: str
+    to_name: str
+    guard: Callable[[Connection], None]
+
+    async def settle(self) -> int:
+        """Rows left uncertain: ask Label Studio about those tasks alone, adopt what it holds;
+        returns how many tasks held a prediction."""
+        ids: list[int] = await self.db(pushed.uncertain, self.project_id)
+        if not ids:
+            return 0
+        logger.info("project %d: checking %d tasks an earlier push was writing",
+                    self.project_id, len(ids))  # fmt: skip
+        found = await self.client.task_predictions(self.project_id, ids)
+        rows: dict[int, Held] = await self.db(pushed.held, self.project_id)
+        adopt, extra = push_repair.adopt(
+            {tid: found.get(tid, []) for tid in ids}, self.name, rows, self.version
+        )
+        await self._delete_ids(extra)
+        await self.db(_settled, self.project_id, adopt, [t for t in ids if t not in adopt])
+        return len(adopt)
+
+    async def delta(
+        self,
+        desired: Mapping[int, tuple[str, float]],
+        tasks: set[int],
+        report: PushReport,
+        progress: Callable[[int, int], None],
+    ) -> None:
+        rows: dict[int, Held] = await self.db(pushed.held, self.project_id)
+        gone = [t for t in rows if t not in tasks]
+        if gone:
+            await self.db(pushed.forget, self.project_id, gone)
+        todo, unchanged = [], 0
+        for tid in sorted(desired):
+            label, score = desired[tid]
+            row = rows.get(tid)
+            if row is None or row.label != label or abs(row.score - score) > EPSILON:
+                todo.append(tid)
+            else:
+                unchanged += 1
+        report.unchanged = unchanged
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start : start + CHUNK]
+            replace = [t for t in chunk if t in rows]
+            marks = {t: Held(*desired[t], self.version, UNCERTAIN) for t in chunk}
+            await self.db(_begin, self.guard, self.project_id, marks)
+            if replace:
+                await self._delete_ours(replace)
+            body = [
+                prediction(t, *desired[t], self.name, self.from_name, self.to_name) for t in chunk
+            ]
+            await self.client.import_predictions(self.project_id, body)
+            await self.db(pushed.mark_pushed, self.project_id, chunk)
+            report.replaced += len(replace)
+            report.imported += len(chunk) - len(replace)
+            progress(start + len(chunk), len(todo))
+
+    async def _delete_ours(self, task_ids: Sequence[int]) -> None:
+        """Delete our prediction of these tasks: in bulk when every name Label Studio lists is
+        labelloop's (the bulk action deletes every model's), else one by one, by id."""
+        ours = await self.db(pushed.labelloop_names, self.project_id) | {self.name}
+        versions = await self.client.model_versions(self.project_id)
+        if all(v in ours for v, n in versions.items() if n):
+            await self.client.delete_tasks_predictions(self.project_id, task_ids)
+            return
+        found = await self.client.task_predictions(self.project_id, task_ids)
+        ids = [
+            int(p["id"])
+            for predictions in found.values()
+            for p in predictions
+            if p.get("model_version") == self.name and isinstance(p.get("id"), int)
+        ]
+        await self._delete_ids(ids)
+
+    async def _delete_ids(self, ids: Sequence[int]) -> None:
+        gate = asyncio.Semaphore(DELETE_CONCURRENCY)
+
+        async def one(prediction_id: int) -> None:
+            async with gate:
+                await self.client.delete_prediction(prediction_id)
+
+        await asyncio.gather(*(one(i) for i in ids))
+
+
+def _begin(
+    conn: Connection,
+    guard: Callable[[Connection], None],
+    project_id: int,
+    marks: Mapping[int, Held],
+) -> None:
+    guard(conn)
+    pushed.mark(conn, project_id, marks)
+
+
+def _settled(
+    conn: Connection, project_id: int, adopt: Mapping[int, Held], empty: Sequence[int]
+) -> None:
+    pushed.mark(conn, project_id, adopt)
+    pushed.forget(conn, project_id, empty)
+
+
+async def _predict(head: Head, vectors: Mapping[int, torch.Tensor]) -> dict[int, tuple[str, float]]:
+    """Task id -> (label, score) of the head; the score rounded as Label Studio stores it."""
+    ordered = sorted(vectors)
+    if not ordered:
+        return {}
+    stacked = torch.stack([vectors[t] for t in ordered])
+    probs = await asyncio.to_thread(head.predict_proba, stacked)
+    scores, indices = probs.max(dim=1)
+    return {
+        tid: (head.labels[int(i)], _score(float(s)))
+        for tid, s, i in zip(ordered, scores, indices, strict=True)
+    }
+
+
+def _score(score: float) -> float:
+    return round(min(max(score, 0.0), 1.0), 6)
 
 
 def prediction(
@@ -80,7 +289,7 @@ def prediction(
     return {
         "task": task_id,
         "model_version": version,
-        "score": round(min(max(score, 0.0), 1.0), 6),
+        "score": _score(score),
         "result": [
             {
                 "from_name": from_name,

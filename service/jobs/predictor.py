@@ -15,7 +15,7 @@ from service.jobs.embedding import Embedder
 from service.jobs.predictions import prediction
 from service.jobs.versions import version_spec
 from service.vision.head import Head
-from storage import labels, models
+from storage import labels, models, pushed
 
 
 class Predictor:
@@ -30,7 +30,7 @@ class Predictor:
         state = await run_in_threadpool(self._state, project_id)
         if state is None:
             return []
-        project, version = state
+        project, version, shown_as = state
         ids = [int(t["id"]) for t in tasks if isinstance(t.get("id"), int)]
         if len(ids) != len(tasks):
             return []
@@ -47,7 +47,7 @@ class Predictor:
         for task_id in ids:
             vector = report.vectors.get(task_id)
             if vector is None:
-                results.append({"result": [], "score": 0.0, "model_version": version.version})
+                results.append({"result": [], "score": 0.0, "model_version": shown_as})
                 continue
             probabilities = head.predict_proba(torch.stack([vector]))[0]
             index = int(probabilities.argmax())
@@ -55,20 +55,23 @@ class Predictor:
                 task_id,
                 head.labels[index],
                 float(probabilities[index]),
-                version.version,
+                shown_as,
                 project.from_name,
                 project.to_name,
             )
             results.append({k: one[k] for k in ("result", "score", "model_version")})
         return results
 
-    def _state(self, project_id: int) -> tuple[Any, Any] | None:
+    def _state(self, project_id: int) -> tuple[Any, Any, str] | None:
+        """The project, its active version, and the model_version to answer: the project's
+        Label Studio name, as its pushed predictions carry (service/web/mlbackend.py)."""
         with self.services.engine.begin() as conn:
             project = labels.get_project(conn, project_id)
             version = models.active(conn, project_id)
+            name = pushed.label_studio_version(conn, project_id)
         if project is None or project.unsupported_reason or version is None:
             return None
-        return project, version
+        return project, version, name or str(version.version)
 
     def _save_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> None:
         rows = [{"id": t["id"], "data": t.get("data") or {}} for t in tasks]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -24,6 +24,7 @@ from service.labelstudio.errors import (
     WebhookRefused,
 )
 from service.labelstudio.media import image_target, read_capped, shown
+from service.labelstudio.predictions import PredictionsAPI
 from service.labelstudio.transport import Transport
 
 WEBHOOK_ACTIONS: tuple[str, ...] = (
@@ -61,8 +62,10 @@ def _tasks_after(task_id: int) -> str:
 _SSRF = re.compile(r"reserved|private|network address|not allowed|ssrf", re.IGNORECASE)
 
 
-class LabelStudio:
-    """Async client for one Label Studio instance; share one per process and ``aclose()`` it."""
+class LabelStudio(PredictionsAPI):
+    """Async client for one Label Studio instance; share one per process and ``aclose()`` it.
+
+    Its predictions endpoints are in ``PredictionsAPI``."""
 
     def __init__(
         self,
@@ -193,31 +196,6 @@ class LabelStudio:
                 if exc.status_code != 404:  # already gone is fine
                     raise
         return hook, False
-
-    async def list_predictions(self, project_id: int) -> list[dict[str, Any]]:
-        return await self._http.api_list("GET", "/api/predictions/", params={"project": project_id})
-
-    async def model_versions(self, project_id: int) -> dict[str, int]:
-        """Every model_version the project's predictions carry (and the project's own), with
-        how many predictions each has."""
-        data = await self._http.api_dict("GET", f"/api/projects/{project_id}/model-versions/")
-        return {str(k): int(v) if isinstance(v, int) else 0 for k, v in data.items()}
-
-    async def import_predictions(
-        self, project_id: int, predictions: Sequence[Mapping[str, Any]]
-    ) -> int:
-        """Bulk-create predictions; returns how many Label Studio created.
-
-        Never retried here: a lost answer may hide a success, and a blind resend would create
-        duplicates. The caller re-lists the project's predictions and sends what is missing.
-        """
-        if not predictions:
-            return 0
-        path = f"/api/projects/{project_id}/import/predictions"  # no trailing slash in LS
-        data = await self._http.api_dict(
-            "POST", path, json=[dict(p) for p in predictions], retry=False
-        )
-        return int(data.get("created", 0))
 
     async def set_model_version(self, project_id: int, version: str) -> None:
         """Show ``version``'s predictions to annotators; push the predictions first."""

@@ -92,10 +92,12 @@ class Transport:
         stream: bool = False,
         follow_redirects: bool = False,
         retry: bool = True,
+        wait_s: float | None = None,
     ) -> httpx.Response:
         """Send one request, retrying transient failures; returns any answer below 500.
 
         ``retry=False`` is for requests that are not idempotent: a timeout may hide a success.
+        ``wait_s`` replaces the client's timeout for this request (a slow bulk write).
 
         With a personal access token a 401 refreshes the access token and resends once.
         A streamed answer must be closed by the caller.
@@ -103,8 +105,9 @@ class Transport:
         attempt, refreshed = 0, False
         while True:
             headers = await self.credentials.header() if auth else {}
+            extensions = {} if wait_s is None else {"timeout": httpx.Timeout(wait_s).as_dict()}
             request = self._client.build_request(
-                method, url, params=params, json=json, headers=headers
+                method, url, params=params, json=json, headers=headers, extensions=extensions
             )
             try:
                 response = await self._client.send(
@@ -165,12 +168,14 @@ class Transport:
         json: Any = None,
         secrets: Sequence[str] = (),
         retry: bool = True,
+        wait_s: float | None = None,
     ) -> Any:
         """Call the API at ``path``; the decoded JSON answer (None when empty)."""
         where = f"{method} {path}"
         response = await self.send(
-            method, self.base + path, where, auth=True, params=params, json=json, retry=retry
-        )
+            method, self.base + path, where, auth=True, params=params, json=json, retry=retry,
+            wait_s=wait_s,
+        )  # fmt: skip
         if not response.is_success:
             raise LabelStudioHTTPError(response.status_code, self.detail(response, secrets), where)
         return self.decode(response, where) if response.content else None

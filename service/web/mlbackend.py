@@ -6,8 +6,16 @@
     POST /train    the older "Start training" call -> queues a manual retrain
     ("Start training" in 1.23 posts {"action": "START_TRAINING"} to /webhook instead.)
 
-Predictions come from the active version (service/predictor.py). Label Studio sends the ML backend's
-credentials as Basic auth: when ``server.api_token`` is set, the password must be that token.
+Predictions come from the active version (service/jobs/predictor.py). Label Studio sends the ML
+backend's credentials as Basic auth: when ``server.api_token`` is set, the password must be that
+token.
+
+The model_version both answer is the project's Label Studio name (``label_studio_version``, the
+one every pushed prediction carries; the active version's own name before the first push): Label
+Studio then skips /predict for every task that holds a pushed prediction (it asks only for tasks
+without one of the backend's model_version), and what it stores from /predict is shown to
+annotators like the pushed ones. A task that gets one this way before labelloop pushes its own
+holds two until the push's count check repairs it (keeping one).
 """
 
 import logging
@@ -25,7 +33,7 @@ from service.labelstudio.ids import as_id
 from service.labelstudio.labelconfig import project_row
 from service.web.auth import basic_or_bearer_allowed
 from service.web.control import Handler
-from storage import labels, models
+from storage import labels, models, pushed
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +117,9 @@ def _setup_project(services: Services, project_id: int, schema: Any) -> str | No
         elif stored is None:
             labels.save_project(conn, project_id, {})
         active = models.active(conn, project_id)
-    return None if active is None else str(active.version)
+        if active is None:
+            return None
+        return pushed.label_studio_version(conn, project_id) or str(active.version)
 
 
 def _project_id(value: Any) -> int | None:

@@ -5,7 +5,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from storage import events, jobs, labels, models
+from storage import events, jobs, labels, models, pushed
 
 
 def project_status(conn: Connection, project_id: int) -> dict[str, Any] | None:
@@ -23,7 +23,7 @@ def project_status(conn: Connection, project_id: int) -> dict[str, Any] | None:
         "annotations": labels.count_annotations(conn, project_id),
         "labeled_tasks": len(labels.training_labels(conn, project_id)),
         "changes_since_last_job": jobs.changes_since_last_job(conn, project_id),
-        "active_model": None if active is None else version_summary(active),
+        "active_model": None if active is None else active_summary(conn, project_id, active),
         "jobs": [job_summary(job) for job in jobs.recent(conn, project_id)],
         "image_failures": [
             {"task": task_id, "error": error}
@@ -46,6 +46,13 @@ def projects_overview(conn: Connection) -> list[dict[str, Any]]:
             }
         )
     return overview
+
+
+def active_summary(conn: Connection, project_id: int, row: Any) -> dict[str, Any]:
+    """The active version, and the model_version its predictions carry in Label Studio (the
+    project's one name for every version labelloop pushes; null before the first push)."""
+    name = pushed.label_studio_version(conn, project_id)
+    return {**version_summary(row), "label_studio_version": name}
 
 
 def version_summary(row: Any) -> dict[str, Any]:

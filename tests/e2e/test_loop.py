@@ -137,8 +137,10 @@ def test_annotations_retrain_and_predictions_flow_back(
     clock.lap("retrained (newest job succeeded)")
     assert status["id"] == project_id
     assert status["events"] >= 6, status
-    version = status["active_model"]["version"]
-    assert version, status
+    assert status["active_model"]["version"], status
+    # Every version's predictions carry the project's one Label Studio name.
+    version = status["active_model"]["label_studio_version"]
+    assert version == "labelloop", status
 
     def pushed() -> list[dict]:
         mine = [p for p in ls.predictions(project_id) if p["model_version"] == version]
@@ -167,7 +169,7 @@ def test_annotations_retrain_and_predictions_flow_back(
 
     final = ll.status()
     assert final["annotations"] == 6, final
-    assert final["active_model"]["version"] == version, final
+    assert final["active_model"]["label_studio_version"] == version, final
 
 
 def test_webhooks_are_idempotent_and_need_the_secret(

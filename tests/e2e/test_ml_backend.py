@@ -42,7 +42,8 @@ def test_connect_model_and_retrieve_predictions_through_label_studio(
         180,
         "a trained model",
     )
-    version = status["active_model"]["version"]
+    # /predict answers the name the pushed predictions carry, so Label Studio's view is one.
+    version = status["active_model"]["label_studio_version"]
     target = next(t for t in tasks if t not in labeled)
 
     def mine() -> list[dict]:

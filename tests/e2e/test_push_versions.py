@@ -2,6 +2,9 @@
 
 - a reinstall (a fresh database) on a project holding an earlier install's predictions names
   its versions apart from them and pushes its own to every unlabeled task;
+- after several retrains Label Studio holds labelloop's predictions under the project's one name
+  only (an older labelloop's per-version names are deleted), another model's survive, and no
+  task holds two of labelloop's;
 - tasks imported while a retrain runs end with the retrain's version, not the one active when
   they were imported (whose push, queued then, would set the project back to it).
 
@@ -103,7 +106,7 @@ def shows_active(ls: Any, ll: Any, project_id: int, unlabeled: set[int]) -> str:
     """Label Studio shows labelloop's active version (read now), everywhere; returns it."""
     status = ll.status()
     assert settled(status), f"jobs still running: {status['jobs']}"
-    version = str(status["active_model"]["version"])
+    version = str(status["active_model"]["label_studio_version"])
     shows(ls, project_id, version, unlabeled)
     return version
 
@@ -132,7 +135,9 @@ def test_a_reinstall_names_its_versions_apart_and_pushes_its_own(
     first = labelloop_serve(project_id, threshold=6)
     assert first.run_cli("register", "--project", str(project_id)).returncode == 0
     labeled = set(annotate_some(ls, tasks, names, per_class=3))
-    old = first.wait_for(settled, 240, "the first install's model")["active_model"]["version"]
+    first_model = first.wait_for(settled, 240, "the first install's model")["active_model"]
+    old = first_model["label_studio_version"]
+    assert old == "labelloop", first_model
     poll_until(lambda: shows(ls, project_id, old, {t["id"] for t in tasks} - labeled), 60, old)
     first.stop()
 
@@ -148,12 +153,17 @@ def test_a_reinstall_names_its_versions_apart_and_pushes_its_own(
     def retrained(status: dict) -> bool:
         return settled(status) and any(j["status"] == "succeeded" for j in status["jobs"])
 
-    new = second.wait_for(retrained, 240, "the fresh install's model")["active_model"]["version"]
-    assert new not in old_versions, (new, old_versions)
+    model = second.wait_for(retrained, 240, "the fresh install's model")["active_model"]
+    assert model["version"] not in old_versions, (model, old_versions)
+    # The fresh install chooses a name of its own: the earlier one's predictions are not its.
+    assert model["label_studio_version"] == "labelloop-2", model
     unlabeled = {t["id"] for t in tasks} - labeled
     assert len(unlabeled) == 4
     version = poll_until(lambda: shows_active(ls, second, project_id, unlabeled), 60, "ours")
     assert version not in old_versions, (version, old_versions)
+    # The earlier install's are left alone: labelloop deletes only what it knows is its own.
+    versions = ls.client.get(f"/api/projects/{project_id}/model-versions/").json()
+    assert versions.get(old) == 16 - 6, versions
 
 
 def test_tasks_imported_during_a_retrain_get_the_promoted_version(
@@ -195,3 +205,58 @@ def test_tasks_imported_during_a_retrain_get_the_promoted_version(
     unlabeled = {t["id"] for t in imported} - labeled
     assert held["id"] in unlabeled and len(unlabeled) == 4 + 1 + 10
     poll_until(lambda: shows_active(ls, ll, project_id, unlabeled), 60, "the active version")
+
+
+def test_retrains_leave_one_name_one_prediction_per_task_and_another_models_intact(
+    label_studio: Any, labelloop_serve: Any, poll_until: Any
+) -> None:
+    ls = label_studio
+    project_id = ls.create_project("labelloop e2e versions", LABEL_CONFIG)
+    files = make_images(n_per_class=10, seed=51)
+    names = list(files)
+    tasks = sorted(ls.import_images(project_id, files), key=lambda t: t["id"])
+    ll = labelloop_serve(project_id, threshold=4)
+    assert ll.run_cli("register", "--project", str(project_id)).returncode == 0
+
+    def retrained(count: int) -> Any:
+        def check(status: dict) -> bool:
+            done = [j for j in status["jobs"] if j["kind"] != "push" and j["status"] == "succeeded"]
+            return settled(status) and len(done) >= count
+
+        return check
+
+    labeled = set(annotate_some(ls, tasks, names, per_class=2))
+    ll.wait_for(retrained(1), 240, "the first model")
+    # An older labelloop pushed each version under its own name: its labelloop-v1 is in Label
+    # Studio beside another model's predictions.
+    others = [t["id"] for t in tasks if t["id"] not in labeled][:6]
+    theirs = [
+        {"task": t, "model_version": model, "score": 0.5,
+         "result": [{"from_name": "label", "to_name": "image", "type": "choices",
+                     "value": {"choices": ["red"]}}]}
+        for t in others for model in ("their-model", "labelloop-v1")
+    ]  # fmt: skip
+    r = ls.client.post(f"/api/projects/{project_id}/import/predictions", json=theirs)
+    assert r.status_code == 201, r.text
+    before = sorted(
+        p["id"] for p in ls.predictions(project_id) if p["model_version"] == "their-model"
+    )
+
+    for round_ in (2, 3, 4):
+        labeled |= set(annotate_some(ls, tasks, names, per_class=2))
+        ll.wait_for(retrained(round_), 240, f"retrain {round_}")
+
+    status = ll.status()
+    name = status["active_model"]["label_studio_version"]
+    assert name == "labelloop" and status["active_model"]["version"] != "labelloop-v1"
+    unlabeled = {t["id"] for t in tasks} - labeled
+    poll_until(lambda: shows_active(ls, ll, project_id, unlabeled), 60, "the active version")
+    versions = ls.client.get(f"/api/projects/{project_id}/model-versions/").json()
+    assert set(versions) == {name, "their-model"}, versions  # labelloop-v1 is gone
+    after = sorted(
+        p["id"] for p in ls.predictions(project_id) if p["model_version"] == "their-model"
+    )
+    assert after == before  # never deleted, nor replaced
+    per_task = Counter(p["task"] for p in ls.predictions(project_id) if p["model_version"] == name)
+    assert max(per_task.values()) == 1, per_task
+    assert versions[name] == len(per_task)

@@ -51,7 +51,7 @@ async def test_a_retrain_embeds_the_new_picture_of_a_task_whose_image_url_change
 
     assert stored(services, 7) == (content_hash(picture), NEW)
     # Task 7 now is task 10's picture: the new version predicts the two alike.
-    v2 = {p["task"]: p for p in fake.predictions if p["model_version"] == "labelloop-v2"}
+    v2 = {p["task"]: p for p in fake.predictions if p["model_version"] == "labelloop"}
     assert v2[7]["result"] == v2[10]["result"] and v2[7]["score"] == v2[10]["score"]
 
 

@@ -3,13 +3,10 @@
 import json
 
 import pytest
-import torch
 
 from service.context import Services
 from service.ingest.fold_loop import fold_all
-from service.jobs.predictions import push_predictions
 from service.jobs.worker import Worker
-from service.vision.head import Head
 from storage import events, jobs, labels, models
 from tests import payloads
 from tests.fake_labelstudio import RED, FakeLabelStudio, annotate, color_image, first_six
@@ -29,8 +26,8 @@ async def test_threshold_trains_and_pushes_one_prediction_per_unlabeled_task(
     assert active is not None and active.version == "labelloop-v1"
     assert active.trained_on == 6
     assert sorted(p["task"] for p in fake.predictions) == [7, 8, 9, 10]
-    assert {p["model_version"] for p in fake.predictions} == {"labelloop-v1"}
-    assert fake.model_version == "labelloop-v1"
+    assert {p["model_version"] for p in fake.predictions} == {"labelloop"}  # the project's name
+    assert fake.model_version == "labelloop"
     prediction = fake.predictions[0]
     assert prediction["result"][0]["from_name"] == "label"
     assert prediction["result"][0]["value"]["choices"][0] in ("red", "blue")
@@ -66,7 +63,7 @@ async def test_relabel_costs_no_forward_pass_and_no_download(
     assert fake.downloads - downloads == 2  # only the two broken images are tried again
     with services.engine.begin() as conn:
         assert models.active(conn, 1).version == "labelloop-v2"  # type: ignore[union-attr]
-    assert fake.model_version == "labelloop-v2"
+    assert fake.model_version == "labelloop"
 
 
 async def test_push_resumes_without_duplicates(services: Services, fake: FakeLabelStudio) -> None:
@@ -75,26 +72,21 @@ async def test_push_resumes_without_duplicates(services: Services, fake: FakeLab
     annotate(services, *first_six())
     worker = Worker(services)
     await worker.run_until_idle()
-    # ...the push resumes from Label Studio's own list, and a second push of the same
-    # version (a restart mid-push) adds nothing.
+    # ...the push asks Label Studio about the tasks it was writing, and a second push of the
+    # same version (a restart mid-push) adds nothing.
     assert sorted(p["task"] for p in fake.predictions) == [7, 8, 9, 10]
     with services.engine.begin() as conn:
         row = models.active(conn, 1)
         assert row is not None
         assert jobs.recent(conn, 1)[0].status == "succeeded"
-    vectors = {t: torch.zeros(512) for t in (7, 8, 9, 10)}
-    created = await push_predictions(
-        services.label_studio,
-        1,
-        row.version,
-        Head.from_bytes(row.head),
-        vectors,
-        from_name="label",
-        to_name="image",
-    )
-    assert created == 0
+    with services.engine.begin() as conn:
+        jobs.enqueue(conn, 1, "manual", kind="push", model_version=row.version)
+    assert await worker.run_until_idle() == 1
+    with services.engine.begin() as conn:
+        assert jobs.recent(conn, 1)[0].progress["pushed"] == 0
     assert sorted(p["task"] for p in fake.predictions) == [7, 8, 9, 10]
-    assert fake.model_version == row.version
+    assert fake.model_version == "labelloop"
+    assert not fake.listed_project_predictions()
 
 
 async def test_one_class_only_is_skipped_with_reason(services: Services) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+import torch
 from sqlalchemy.engine import Engine
 
 from service.context import Services, open_services
@@ -20,8 +21,9 @@ from service.jobs import triggers
 from service.jobs.predictions import prediction
 from service.jobs.worker import Worker
 from service.settings import DatabaseSettings, LabelStudioSettings, Settings, TrainingSettings
+from service.vision.head import Head
 from service.web.control import _activate
-from storage import events, jobs, models
+from storage import embeddings, events, jobs, labels, models
 from tests import payloads
 from tests.conftest import DEVICE
 from tests.fake_labelstudio import (
@@ -36,13 +38,16 @@ from tests.fake_labelstudio import (
 
 pytestmark = pytest.mark.anyio
 
+NAME = "labelloop"  # the one model_version labelloop's predictions carry in Label Studio
+
 Hook = Callable[[httpx.Request], None]
 
 
 @dataclass
 class Interleave:
     """Runs ``hooks`` before the fake answers a request; records every model_version PATCH with
-    the version labelloop held active at that moment."""
+    the version labelloop held active at that moment (a PATCH sends the project's one name:
+    only the predictions under it say which version they are)."""
 
     hooks: list[Hook] = field(default_factory=list)
     patches: list[tuple[str, str | None]] = field(default_factory=list)  # (sent, active)
@@ -112,12 +117,39 @@ def active_version(services: Services) -> str:
     return str(row.version)
 
 
-def assert_label_studio_shows(fake: FakeLabelStudio, version: str, unlabeled: set[int]) -> None:
-    """The project shows ``version``, and every unlabeled task has exactly one of it."""
-    assert fake.model_version == version
-    mine = [p["task"] for p in fake.predictions if p["model_version"] == version]
+def active_labels(services: Services) -> dict[int, str]:
+    """What labelloop's active version predicts for each task, from the cached embeddings."""
+    with services.engine.begin() as conn:
+        row = models.active(conn, 1)
+        assert row is not None
+        tasks = [t for t in labels.project_tasks(conn, 1) if t.image_hash]
+        stored = embeddings.get_many(conn, [t.image_hash for t in tasks], row.backbone)
+    head = Head.from_bytes(row.head)
+    found = {}
+    for task in tasks:
+        if task.image_hash in stored:
+            vector = torch.frombuffer(bytearray(stored[task.image_hash]), dtype=torch.float32)
+            found[task.id] = head.labels[int(head.predict_proba(vector[None])[0].argmax())]
+    return found
+
+
+def assert_label_studio_shows(
+    services: Services, fake: FakeLabelStudio, version: str, unlabeled: set[int]
+) -> None:
+    """The project shows labelloop's one name, every unlabeled task has exactly one prediction
+    of it, and each agrees with ``version``, the active one."""
+    assert active_version(services) == version
+    assert fake.model_version == NAME
+    mine = [p["task"] for p in fake.predictions if p["model_version"] == NAME]
     assert sorted(mine) == sorted(set(mine)), "duplicate predictions"
-    assert set(mine) >= unlabeled, f"tasks without a {version} prediction: {unlabeled - set(mine)}"
+    assert set(mine) >= unlabeled, f"tasks without a prediction: {unlabeled - set(mine)}"
+    expected = active_labels(services)
+    shown = {
+        p["task"]: p["result"][0]["value"]["choices"][0]
+        for p in fake.predictions
+        if p["model_version"] == NAME and p["task"] in unlabeled
+    }
+    assert shown == {t: expected[t] for t in unlabeled}, f"not {version}'s predictions"
 
 
 def import_tasks(services: Services, fake: FakeLabelStudio, *task_ids: int) -> None:
@@ -143,7 +175,7 @@ async def test_a_fresh_install_never_takes_an_earlier_installs_version_name(
     # An earlier install (its database since wiped) pushed labelloop-v1 onto tasks 7-10.
     for task_id in (7, 8, 9, 10):
         old = prediction(task_id, "red", 0.5, "labelloop-v1", "label", "image")
-        fake.predictions.append({**old, "id": len(fake.predictions) + 1})
+        fake.add_prediction(old)
     fake.model_version = "labelloop-v1"
 
     annotate(services, *first_six())
@@ -155,13 +187,13 @@ async def test_a_fresh_install_never_takes_an_earlier_installs_version_name(
     with services.engine.begin() as conn:
         job = jobs.recent(conn, 1)[0]
     assert job.progress["pushed"] == 4  # none of the old install's counted as already pushed
-    assert_label_studio_shows(fake, version, {7, 8, 9, 10})
+    assert_label_studio_shows(services, fake, version, {7, 8, 9, 10})
 
     # Later versions of this install keep counting from there.
     annotate(services, *flipped("2026-11-29T11:00:00Z"))
     assert await worker.run_until_idle() == 1
     assert active_version(services) == "labelloop-v3"
-    assert_label_studio_shows(fake, "labelloop-v3", {7, 8, 9, 10})
+    assert_label_studio_shows(services, fake, "labelloop-v3", {7, 8, 9, 10})
 
 
 async def test_version_numbers_skip_every_name_label_studio_lists(engine: Engine) -> None:
@@ -190,8 +222,8 @@ async def test_a_push_queued_for_v1_during_a_retrain_pushes_the_promoted_v2(
 
     version = active_version(services)
     assert version == "labelloop-v2"
-    assert_label_studio_shows(fake, version, {7, 8, 9, 10, 13, 14})
-    assert all(sent == active for sent, active in interleave.patches), interleave.patches
+    assert_label_studio_shows(services, fake, version, {7, 8, 9, 10, 13, 14})
+    assert all(sent == NAME for sent, _ in interleave.patches), interleave.patches
     with services.engine.begin() as conn:
         push = jobs.recent(conn, 1)[0]
     assert (push.kind, push.status, push.model_version) == ("push", "succeeded", version)
@@ -217,8 +249,8 @@ async def test_a_rollback_during_a_training_leaves_label_studio_on_the_active_ve
 
     version = active_version(services)
     assert version == "labelloop-v3"
-    assert_label_studio_shows(fake, version, {7, 8, 9, 10})
-    assert all(sent == active for sent, active in interleave.patches), interleave.patches
+    assert_label_studio_shows(services, fake, version, {7, 8, 9, 10})
+    assert all(sent == NAME for sent, _ in interleave.patches), interleave.patches
 
 
 async def test_a_rollback_while_a_training_pushes_is_what_label_studio_ends_on(
@@ -234,9 +266,9 @@ async def test_a_rollback_while_a_training_pushes_is_what_label_studio_ends_on(
     assert await worker.run_until_idle() == 2
 
     assert active_version(services) == "labelloop-v1"
-    assert_label_studio_shows(fake, "labelloop-v1", {7, 8, 9, 10})
+    assert_label_studio_shows(services, fake, "labelloop-v1", {7, 8, 9, 10})
     # The training never set its v2 after the rollback: only the active one was ever set.
-    assert all(sent == active for sent, active in interleave.patches), interleave.patches
+    assert all(sent == NAME for sent, _ in interleave.patches), interleave.patches
 
 
 async def test_tasks_imported_during_the_first_training_get_its_predictions(
@@ -246,7 +278,7 @@ async def test_tasks_imported_during_the_first_training_get_its_predictions(
     interleave.hooks.append(once(listing, lambda: import_tasks(services, fake, 13, 14)))
     assert await Worker(services).run_until_idle() == 2  # the training, then the push
 
-    assert_label_studio_shows(fake, "labelloop-v1", {7, 8, 9, 10, 13, 14})
+    assert_label_studio_shows(services, fake, "labelloop-v1", {7, 8, 9, 10, 13, 14})
 
 
 async def test_a_push_with_no_active_version_is_skipped(

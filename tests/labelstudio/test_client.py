@@ -21,6 +21,7 @@ from service.labelstudio.errors import (
     LabelStudioUnavailable,
     WebhookRefused,
 )
+from service.labelstudio.predictions import WRITE_TIMEOUT
 
 pytestmark = pytest.mark.anyio
 
@@ -394,6 +395,45 @@ async def test_predictions_calls() -> None:
         ("GET", f"{BASE}/api/predictions/?project=3", None),
         ("PATCH", f"{BASE}/api/projects/3/", {"model_version": "v2"}),
     ]
+
+
+async def test_task_scoped_predictions_and_deletes() -> None:
+    calls: list[tuple[str, str, Any, float]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body: Any = json.loads(request.content) if request.content else None
+        read = request.extensions["timeout"]["read"]
+        calls.append((request.method, request.url.path, body, read))
+        if request.url.path == "/api/tasks/":
+            query = json.loads(request.url.params["query"])
+            assert request.url.params["fields"] == "all"
+            ids = query["selectedItems"]["included"]
+            assert query["selectedItems"]["all"] is False
+            tasks = [{"id": t, "predictions": [{"id": 10 + t, "task": t}]} for t in ids]
+            return answer({"total": len(ids), "tasks": tasks})
+        if request.url.path == "/api/dm/actions":
+            assert request.url.params["id"] == "delete_tasks_predictions"
+            return answer({"processed_items": 2, "detail": "Deleted 2 predictions"})
+        if request.url.path == "/api/predictions/11/":
+            return httpx.Response(404, json={"detail": "Not found."})
+        if request.method == "DELETE" and "model-versions" in request.url.path:
+            return answer({"deleted_predictions": 7})
+        return httpx.Response(204)
+
+    async with client(handler) as ls:
+        found = await ls.task_predictions(3, [1, 2, 3], page_size=2)
+        assert found == {t: [{"id": 10 + t, "task": t}] for t in (1, 2, 3)}
+        assert await ls.delete_tasks_predictions(3, [1, 2]) == 2
+        assert await ls.delete_prediction(12) is True
+        assert await ls.delete_prediction(11) is False  # already gone
+        assert await ls.delete_model_version(3, "labelloop-v1") == 7
+    paths = ["/api/tasks/", "/api/tasks/", "/api/dm/actions", "/api/predictions/12/",
+             "/api/predictions/11/", "/api/projects/3/model-versions/"]  # fmt: skip
+    assert [c[1] for c in calls] == paths
+    assert calls[2][2] == {"selectedItems": {"all": False, "included": [1, 2]}}
+    assert calls[5][2] == {"model_version": "labelloop-v1"}
+    # Bulk writes wait longer than reads: their answer is never resent blindly.
+    assert calls[2][3] == WRITE_TIMEOUT and calls[0][3] < WRITE_TIMEOUT
 
 
 # -- images --------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ async def test_predict_setup_and_train(services: Services, fake: FakeLabelStudio
             headers=basic(TOKEN),
         )  # fmt: skip
         assert setup.status_code == 200
-        assert setup.json() == {"model_version": "labelloop-v1"}
+        # The name Label Studio's predictions of the active version carry (see mlbackend.py).
+        assert setup.json() == {"model_version": "labelloop"}
 
         tasks = [fake.tasks[8], fake.tasks[7], fake.tasks[11], fake.tasks[13 - 1]]
         answer = client.post(
@@ -46,7 +47,7 @@ async def test_predict_setup_and_train(services: Services, fake: FakeLabelStudio
         assert answer.status_code == 200
         results = answer.json()["results"]
         assert len(results) == 4  # one per task, in order, even for broken images
-        assert [r["model_version"] for r in results] == ["labelloop-v1"] * 4
+        assert [r["model_version"] for r in results] == ["labelloop"] * 4
         assert results[0]["result"][0]["value"]["choices"][0] in ("red", "blue")
         assert 0.0 <= results[1]["score"] <= 1.0
         assert results[2]["result"] == [] and results[3]["result"] == []  # 404 and not-an-image
