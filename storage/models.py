@@ -88,11 +88,13 @@ def get(conn: Connection, project_id: int, version: str) -> Row[Any] | None:
 
 
 def listing(conn: Connection, project_id: int) -> Sequence[Row[Any]]:
-    """Every version of a project without its weights, newest first."""
+    """Every version of a project without its weights (``has_weights``: whether it still has a
+    fine-tuned network), newest first."""
     heavy = ("head", "backbone_weights", "training_labels")
-    columns = [c for c in model_versions.c if c.name not in heavy]
+    kept = model_versions.c.backbone_weights.is_not(None).label("has_weights")
+    columns: list[sa.ColumnElement[Any]] = [c for c in model_versions.c if c.name not in heavy]
     stmt = (
-        sa.select(*columns)
+        sa.select(*[*columns, kept])
         .where(model_versions.c.project_id == project_id)
         .order_by(model_versions.c.id.desc())
     )

@@ -58,7 +58,15 @@ def version_summary(row: Any) -> dict[str, Any]:
         "promotion": row.promotion,
         "backbone": row.backbone,
         "labels": row.labels,
+        # a fine-tuned version past [training] keep_versions: history only, not activatable
+        "weights_deleted": _weights_deleted(row),
     }
+
+
+def _weights_deleted(row: Any) -> bool:
+    finetuned = (row.settings or {}).get("mode") == "finetune"
+    has_weights = row.has_weights if "has_weights" in row._fields else row.backbone_weights
+    return finetuned and has_weights in (None, False)
 
 
 def job_summary(job: Any) -> dict[str, Any]:

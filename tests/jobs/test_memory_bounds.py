@@ -290,3 +290,18 @@ def test_weight_files_live_in_a_folder_of_this_process() -> None:
     assert versions.discard_weights([f"resnet18|file:{path.name[:16]}|64|p1"]) == 1
     assert not path.exists()
     assert versions.discard_weights(["resnet18|imagenet:X|224|p1"]) == 0
+
+
+async def test_the_worker_gives_memory_back_after_every_job(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.jobs import memory, worker
+
+    calls: list[int] = []
+    monkeypatch.setattr(worker, "release_memory", lambda: calls.append(1))
+    annotate(services, *first_six())
+    with services.engine.begin() as conn:
+        jobs.enqueue(conn, 1, "manual", kind="push")
+    assert await Worker(services).run_until_idle() == 2
+    assert len(calls) == 2
+    memory.release_memory()  # the real one runs here (glibc) or does nothing (elsewhere)
