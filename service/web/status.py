@@ -64,9 +64,11 @@ def version_summary(row: Any) -> dict[str, Any]:
 
 
 def _weights_deleted(row: Any) -> bool:
-    finetuned = (row.settings or {}).get("mode") == "finetune"
-    has_weights = row.has_weights if "has_weights" in row._fields else row.backbone_weights
-    return finetuned and has_weights in (None, False)
+    if "has_weights" in row._fields:  # models.listing leaves the weights out
+        kept = bool(row.has_weights)
+    else:
+        kept = row.backbone_weights is not None
+    return (row.settings or {}).get("mode") == "finetune" and not kept
 
 
 def job_summary(job: Any) -> dict[str, Any]:
