@@ -79,6 +79,9 @@ class TrainingSettings:
     # A new version is promoted unless its macro-F1 on the same held-out tasks is worse than
     # the active one's by more than this plus the noise of the difference (service/jobs/promotion).
     promotion_margin: float = 0.02
+    # Versions that keep a fine-tuned network (45-94 MB each in the database): the active one
+    # and the newest this many; older ones keep their row and head, and cannot be activated.
+    keep_versions: int = 5
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,8 @@ def _validate_training(name: str, training: TrainingSettings) -> None:
         raise SettingsError(f"{name}.device: expected auto, cpu, cuda or cuda:N")
     if not 0.0 <= training.promotion_margin <= 1.0:
         raise SettingsError(f"{name}.promotion_margin: must be between 0 and 1")
+    if not 1 <= training.keep_versions <= 1000:
+        raise SettingsError(f"{name}.keep_versions: must be between 1 and 1000")
     if not 32 <= training.image_size <= 1024:
         raise SettingsError(f"{name}.image_size: must be between 32 and 1024")
     try:

@@ -40,15 +40,31 @@ def add(conn: Connection, project_id: int, version: str, values: Mapping[str, An
     )
 
 
-def activate(conn: Connection, project_id: int, version: str) -> bool:
-    """Make ``version`` the only active version of the project, in one transaction."""
-    exists = conn.execute(
-        sa.select(model_versions.c.id).where(
-            model_versions.c.project_id == project_id, model_versions.c.version == version
+class WeightsDeleted(Exception):
+    """A fine-tuned version whose network was deleted (`drop_old_weights`) cannot predict."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__(
+            f"{version} is a fine-tuned version whose network weights were deleted: only the "
+            "active version and the newest [training] keep_versions keep theirs. Activate a "
+            "newer version, or retrain."
         )
+        self.version = version
+
+
+def activate(conn: Connection, project_id: int, version: str) -> bool:
+    """Make ``version`` the only active version of the project, in one transaction.
+
+    False when there is no such version; `WeightsDeleted` when its network is gone."""
+    exists = conn.execute(
+        sa.select(
+            model_versions.c.settings, model_versions.c.backbone_weights.is_(None).label("gone")
+        ).where(model_versions.c.project_id == project_id, model_versions.c.version == version)
     ).first()
     if exists is None:
         return False
+    if exists.gone and (exists.settings or {}).get("mode") == "finetune":
+        raise WeightsDeleted(version)
     conn.execute(
         model_versions.update()
         .where(model_versions.c.project_id == project_id)
@@ -72,12 +88,52 @@ def get(conn: Connection, project_id: int, version: str) -> Row[Any] | None:
 
 
 def listing(conn: Connection, project_id: int) -> Sequence[Row[Any]]:
-    """Every version of a project without its weights, newest first."""
+    """Every version of a project without its weights (``has_weights``: whether it still has a
+    fine-tuned network), newest first."""
     heavy = ("head", "backbone_weights", "training_labels")
-    columns = [c for c in model_versions.c if c.name not in heavy]
+    kept = model_versions.c.backbone_weights.is_not(None).label("has_weights")
+    columns: list[sa.ColumnElement[Any]] = [c for c in model_versions.c if c.name not in heavy]
     stmt = (
-        sa.select(*columns)
+        sa.select(*[*columns, kept])
         .where(model_versions.c.project_id == project_id)
         .order_by(model_versions.c.id.desc())
     )
     return conn.execute(stmt).all()
+
+
+def drop_old_weights(conn: Connection, project_id: int, keep: int) -> list[str]:
+    """Delete the stored networks (``backbone_weights``, 45-94 MB each) of the project's
+    versions that are neither active nor among its newest ``keep``; the rows stay (history,
+    a head is a few KB). Returns the backbone identities no version keeps weights of now."""
+    newest = (
+        conn.execute(
+            sa.select(model_versions.c.id)
+            .where(model_versions.c.project_id == project_id)
+            .order_by(model_versions.c.id.desc())
+            .limit(max(keep, 0))
+        )
+        .scalars()
+        .all()
+    )
+    old = conn.execute(
+        sa.select(model_versions.c.id, model_versions.c.backbone).where(
+            model_versions.c.project_id == project_id,
+            model_versions.c.backbone_weights.is_not(None),
+            model_versions.c.active.is_(False),
+            model_versions.c.id.not_in(newest),
+        )
+    ).all()
+    if not old:
+        return []
+    conn.execute(
+        model_versions.update()
+        .where(model_versions.c.id.in_([row.id for row in old]))
+        .values(backbone_weights=None)
+    )
+    gone = {str(row.backbone) for row in old}
+    still_held = conn.execute(  # the same network kept by another version (same training)
+        sa.select(model_versions.c.backbone).where(
+            model_versions.c.backbone.in_(gone), model_versions.c.backbone_weights.is_not(None)
+        )
+    ).scalars()
+    return sorted(gone - set(still_held))

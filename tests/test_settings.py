@@ -68,6 +68,7 @@ def test_config_chosen_by_environment(tmp_path: Path) -> None:
         ('[training]\nschedule_mode = "fast"\n', {}, "training.schedule_mode"),
         ("[training]\nfinetune_epochs = 0\n", {}, "training.finetune_epochs"),
         ('[training]\npromotion_margin = "a lot"\n', {}, "training.promotion_margin"),
+        ("[training]\nkeep_versions = 0\n", {}, "training.keep_versions"),
         ("[server]\ncolour = 1\n", {}, "server.colour"),
         ('[server]\nlog_format = "xml"\n', {}, "server.log_format"),
         ("[nonsense]\n", {}, "[nonsense]"),

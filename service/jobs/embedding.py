@@ -8,7 +8,9 @@ decoded is recorded with the reason and skipped; it never fails the job.
 """
 
 import asyncio
+import gc
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,7 @@ import torch
 from service.context import Services
 from service.labelstudio.errors import ImageDownloadError
 from service.vision.backbone import Backbone, BackboneSpec, resolve_device
+from service.vision.image_store import ImageStore
 from service.vision.images import ImageError, content_hash, decode_image, preprocess
 from storage import embeddings, labels
 
@@ -26,6 +29,7 @@ logger = logging.getLogger(__name__)
 DOWNLOAD_CONCURRENCY = 8
 CHUNK = 64  # images decoded and embedded per round trip to the database
 MAX_IMAGE_BYTES = 50 * 2**20
+KEEP_BACKBONES = 2  # the active version's and one candidate's (see Embedder)
 
 
 @dataclass
@@ -38,16 +42,30 @@ class EmbedReport:
 
 
 class Embedder:
-    """Owns the loaded backbones (one per identity) for the life of the worker."""
+    """Owns the loaded backbones: at most `KEEP_BACKBONES`, the most recently used.
+
+    What a process embeds with is the base backbone of `[training]` (head candidates, their
+    pushes) and the active version's (a push, /predict; a fine-tuned one after a promotion).
+    Kept by recent use, the two are the active and the one candidate; a third (a version
+    activated in between, a settings change) evicts the one used longest ago, and its memory
+    (the GPU's too) is freed instead of staying for the life of the worker.
+    """
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self._backbones: dict[str, Backbone] = {}
+        self._backbones: OrderedDict[str, Backbone] = OrderedDict()
 
     def backbone(self, spec: BackboneSpec, device: str) -> Backbone:
         key = f"{spec.identity()}@{device}"
-        if key not in self._backbones:
-            self._backbones[key] = Backbone(spec, resolve_device(device))
+        if key in self._backbones:
+            self._backbones.move_to_end(key)
+            return self._backbones[key]
+        while len(self._backbones) >= KEEP_BACKBONES:
+            _, evicted = self._backbones.popitem(last=False)
+            where = evicted.device
+            del evicted  # the last reference: its tensors can go
+            _free(where)
+        self._backbones[key] = Backbone(spec, resolve_device(device))
         return self._backbones[key]
 
     async def embed_tasks(
@@ -86,27 +104,33 @@ class Embedder:
         self,
         tasks: Sequence[Any],
         image_key: str,
-        size: int,
+        store: ImageStore,
         progress: Callable[[int, int], None],
-    ) -> dict[int, torch.Tensor]:
-        """Preprocessed images by task id (fine-tuning needs pixels, not embeddings).
-        A task whose image fails is recorded with the reason and left out."""
+    ) -> dict[int, int]:
+        """Preprocessed images of ``tasks`` written into ``store`` (fine-tuning needs pixels,
+        not embeddings), a chunk at a time: memory holds one chunk, the store the rest.
+        Returns each task's row; a task whose image fails is recorded with the reason and
+        left out."""
         semaphore = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)
-        images: dict[int, torch.Tensor] = {}
+        rows: dict[int, int] = {}
         for start in range(0, len(tasks), CHUNK):
             chunk = tasks[start : start + CHUNK]
             fetched = await asyncio.gather(
                 *(self._fetch(task, image_key, semaphore) for task in chunk)
             )
-            decoded = await asyncio.to_thread(_decode_all, fetched, size)
+            decoded = await asyncio.to_thread(_decode_all, fetched, store.size)
+            del fetched
             errors = {t.id: d for t, d in zip(chunk, decoded, strict=True) if isinstance(d, str)}
-            images.update(
-                {t.id: d for t, d in zip(chunk, decoded, strict=True) if not isinstance(d, str)}
-            )
+            good = [
+                (t.id, d) for t, d in zip(chunk, decoded, strict=True) if not isinstance(d, str)
+            ]
+            del decoded
+            rows.update(await asyncio.to_thread(_store_all, store, good))
+            del good
             if errors:
                 await self._db(_record_errors, errors)
             progress(start + len(chunk), len(tasks))
-        return images
+        return rows
 
     async def _fetch(self, task: Any, image_key: str, semaphore: asyncio.Semaphore) -> bytes | str:
         """The image bytes, or the reason they could not be had."""
@@ -186,6 +210,13 @@ class Embedder:
         return await asyncio.to_thread(run)
 
 
+def _free(device: torch.device) -> None:
+    """Let an evicted backbone's memory go now (on a GPU, back to the device)."""
+    gc.collect()  # a module's parameters can sit in reference cycles
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def image_uri(task: Any, image_key: str) -> str | None:
     """The image URI in a task's data (what identifies its picture), or None."""
     uri = task.data.get(image_key) if isinstance(task.data, dict) else None
@@ -209,6 +240,10 @@ def _decode(data: bytes | str, size: int) -> torch.Tensor | str:
 
 def _decode_all(fetched: Sequence[bytes | str], size: int) -> list[torch.Tensor | str]:
     return [_decode(data, size) for data in fetched]
+
+
+def _store_all(store: ImageStore, images: Sequence[tuple[int, torch.Tensor]]) -> dict[int, int]:
+    return {task_id: store.append(image) for task_id, image in images}
 
 
 def _record_errors(conn: Any, errors: dict[int, str]) -> None:

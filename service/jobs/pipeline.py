@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from service.jobs.predictions import push_predictions
 from service.jobs.threads import in_daemon_thread
 from service.jobs.versions import (
     Fitted,
+    discard_weights_file,
     materialize_weights,
     prepare_gate,
     register,
@@ -32,6 +34,7 @@ from service.settings import TrainingSettings
 from service.vision.backbone import BackboneSpec, resolve_device
 from service.vision.finetune import FinetuneResult, finetune
 from service.vision.head import Head, TrainResult, train_head
+from service.vision.image_store import ImageStore
 from storage import jobs, labels, models
 
 logger = logging.getLogger(__name__)
@@ -82,12 +85,17 @@ class Pipeline:
             fitted = await self._fit_head(snapshot, spec, settings, progress)
         if fitted is None:
             return Outcome("skipped", error="fewer than two classes have a readable image")
-        # Names Label Studio already holds (an earlier install's, say) are never reused.
-        taken = set(await self.services.label_studio.model_versions(project_id))
-        await asyncio.to_thread(prepare_gate, self.services.engine, project_id, fitted)
-        version, decision = await self._db(
-            _register_leased, job_id, lease, project_id, job_id, settings, fitted, taken
-        )
+        try:
+            # Names Label Studio already holds (an earlier install's, say) are never reused.
+            taken = set(await self.services.label_studio.model_versions(project_id))
+            await asyncio.to_thread(prepare_gate, self.services.engine, project_id, fitted)
+            version, decision = await self._db(
+                _register_leased, job_id, lease, project_id, job_id, settings, fitted, taken
+            )
+        except BaseException:
+            if fitted.backbone_weights is not None:  # stored nowhere: its file goes too
+                discard_weights_file(Path(fitted.spec.weights))
+            raise
         logger.info("project %d: %s (%s): %s", project_id, version, kind, decision.reason)
         if decision.promote:
             await self._push(snapshot, version, fitted, settings, progress, job_id, lease)
@@ -158,23 +166,25 @@ class Pipeline:
     ) -> Fitted | None:
         """The whole network on the labeled images; unlabeled ones are embedded after."""
         labeled = [t for t in snapshot.tasks if t.id in snapshot.labeled]
-        images = await self.embedder.load_images(
-            labeled, snapshot.project.image_key, spec.image_size, _stage(progress, "loading images")
-        )
-        ids = [tid for tid in snapshot.labeled if tid in images]
-        y = [snapshot.labeled[tid] for tid in ids]
-        if len(set(y)) < 2:
-            return None
-        result: FinetuneResult = await in_daemon_thread(
-            finetune,
-            spec,
-            [images[tid] for tid in ids],
-            y,
-            ids,
-            device=resolve_device(settings.device),
-            epochs=settings.finetune_epochs,
-            progress=_stage(progress, "fine-tuning epoch"),
-        )
+        # On disk for the job's length only: deleted when it ends, fails or is cancelled.
+        with ImageStore(len(labeled), spec.image_size) as store:
+            rows = await self.embedder.load_images(
+                labeled, snapshot.project.image_key, store, _stage(progress, "loading images")
+            )
+            ids = [tid for tid in snapshot.labeled if tid in rows]
+            y = [snapshot.labeled[tid] for tid in ids]
+            if len(set(y)) < 2:
+                return None
+            result: FinetuneResult = await in_daemon_thread(
+                finetune,
+                spec,
+                store.rows([rows[tid] for tid in ids]),
+                y,
+                ids,
+                device=resolve_device(settings.device),
+                epochs=settings.finetune_epochs,
+                progress=_stage(progress, "fine-tuning epoch"),
+            )
         blob = state_bytes(result.backbone)
         tuned = BackboneSpec(spec.architecture, str(materialize_weights(blob)), spec.image_size)
         return Fitted(tuned, result.head, result.metrics, ids, None, y, {}, set(), blob)

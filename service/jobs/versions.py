@@ -9,11 +9,14 @@ they were), so a later gate can refit its recipe without the tasks it scores it 
 compared with.
 """
 
+import atexit
 import hashlib
 import io
 import os
+import re
+import shutil
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +114,8 @@ def register(
     )
     if decision.promote:
         models.activate(conn, project_id, version)
+    # Files are a cache of the rows' weights: deleting them before the commit loses nothing.
+    discard_weights(models.drop_old_weights(conn, project_id, settings.keep_versions))
     return version, decision
 
 
@@ -180,15 +185,61 @@ def version_spec(row: Any) -> BackboneSpec:
 
 def materialize_weights(blob: bytes) -> Path:
     """A fine-tuned backbone as a file the backbone loader reads, named by its content, so
-    every process computes the same identity (and embedding cache key) for it."""
-    folder = Path(tempfile.gettempdir()) / "labelloop-weights"
-    folder.mkdir(parents=True, exist_ok=True)
+    every process computes the same identity (and embedding cache key) for it.
+
+    The files are a cache of the database's ``backbone_weights``, in a folder of this process
+    (removed when it exits, so no other process's cleanup can take a file it uses):
+    `discard_weights` deletes those of versions whose weights were dropped, and a fine-tune
+    that stores nothing deletes its own."""
+    folder = _weights_folder()
     path = folder / f"{hashlib.sha256(blob).hexdigest()[:32]}.pt"
     if not path.exists():
         partial = path.with_suffix(f".{os.getpid()}.tmp")
         partial.write_bytes(blob)
         os.replace(partial, path)  # atomic: readers never see half a file
     return path
+
+
+def discard_weights(identities: Iterable[str]) -> int:
+    """Delete this process's weight files of these backbone identities (``...|file:<sha>|...``,
+    the sha256 of the file's bytes: the start of its name); returns how many went."""
+    folder = _folders.get(os.getpid())
+    if folder is None:
+        return 0
+    removed = 0
+    for identity in identities:
+        match = _FILE_IDENTITY.search(identity)
+        if match is None:
+            continue
+        for path in folder.glob(f"{match[1]}*.pt"):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def discard_weights_file(path: Path) -> None:
+    """Delete one materialized weights file (of a fine-tune that stored nothing)."""
+    folder = _folders.get(os.getpid())
+    if folder is not None and path.parent == folder:
+        path.unlink(missing_ok=True)
+
+
+_FILE_IDENTITY = re.compile(r"\|file:([0-9a-f]{8,64})\|")
+_folders: dict[int, Path] = {}  # by process id: a forked child makes its own
+
+
+def _weights_folder() -> Path:
+    pid = os.getpid()
+    if pid not in _folders:
+        folder = Path(tempfile.mkdtemp(prefix="labelloop-weights-"))
+        _folders[pid] = folder
+        atexit.register(_remove_folder, pid, folder)
+    return _folders[pid]
+
+
+def _remove_folder(pid: int, folder: Path) -> None:
+    if os.getpid() == pid:  # not a forked child's exit
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def state_bytes(state: dict[str, torch.Tensor]) -> bytes:

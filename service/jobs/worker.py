@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from service.context import Services
+from service.jobs.memory import release_memory
 from service.jobs.pipeline import Outcome, Pipeline
 from service.labelstudio.errors import LabelStudioError
 from storage import jobs
@@ -82,6 +83,8 @@ class Worker:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
+        del work  # the job's tensors are garbage from here on
+        await asyncio.to_thread(release_memory)  # and their pages go back to the system
         if outcome is None:
             logger.warning(
                 "job %d: lease %d lost (the job was requeued, another worker may run it); "

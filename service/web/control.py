@@ -100,7 +100,10 @@ async def activate(request: Request) -> JSONResponse:
     version: str = request.path_params["version"]
     job_id = None
     if len(version) <= 64 and version.isprintable():  # model_versions.version is VARCHAR(64)
-        job_id = await run_in_threadpool(_activate, services, project_id, version)
+        try:
+            job_id = await run_in_threadpool(_activate, services, project_id, version)
+        except models.WeightsDeleted as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
     if job_id is None:
         return JSONResponse(
             {"error": f"project {project_id} has no version {version!r}"}, status_code=404

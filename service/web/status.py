@@ -65,7 +65,17 @@ def version_summary(row: Any) -> dict[str, Any]:
         "promotion": row.promotion,
         "backbone": row.backbone,
         "labels": row.labels,
+        # a fine-tuned version past [training] keep_versions: history only, not activatable
+        "weights_deleted": _weights_deleted(row),
     }
+
+
+def _weights_deleted(row: Any) -> bool:
+    if "has_weights" in row._fields:  # models.listing leaves the weights out
+        kept = bool(row.has_weights)
+    else:
+        kept = row.backbone_weights is not None
+    return (row.settings or {}).get("mode") == "finetune" and not kept
 
 
 def job_summary(job: Any) -> dict[str, Any]:
