@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from service.context import Services, open_services
 from service.ingest.fold_loop import fold_all
 from service.jobs import triggers
+from service.jobs.catchup import learn
 from service.jobs.predictions import prediction
 from service.jobs.worker import Worker
 from service.settings import DatabaseSettings, LabelStudioSettings, Settings, TrainingSettings
@@ -75,6 +76,7 @@ async def services(
         return fake.handle(request)
 
     async with open_services(settings, transport=httpx.MockTransport(handle)) as services:
+        await learn(services, 1)  # registered: jobs read the tasks from the log
         yield services
 
 

@@ -68,10 +68,13 @@ def start_worker(
                 process.wait(timeout=15)
 
 
-def label_six(engine: Engine) -> None:
+def label_six(engine: Engine, fake: FakeLabelStudio) -> None:
+    """Six annotations in Label Studio, and their webhooks in the log (the project itself is
+    learned by the worker's first job: it was never caught up)."""
     with engine.begin() as conn:
         for annotation_id, task_id, label, stamp in first_six():
             body = payloads.annotation_event(annotation_id, task_id, label, updated_at=stamp)
+            fake.annotations[task_id] = [body["annotation"]]
             events.append(conn, action=body["action"], project_id=1, body=json.dumps(body))
         fold_pending(conn, Settings(training=TrainingSettings(threshold=1000)))
 
@@ -94,8 +97,9 @@ def test_two_workers_never_run_two_jobs_of_one_project_at_once(
     engine: Engine,
     start_worker: Callable[[], subprocess.Popen[bytes]],
     ls_server: FakeLabelStudioServer,
+    fake: FakeLabelStudio,
 ) -> None:
-    label_six(engine)
+    label_six(engine, fake)
     ls_server.images_open.clear()  # hold the first job in its downloads
     start_worker()
     start_worker()
@@ -126,8 +130,9 @@ def test_a_job_whose_worker_is_killed_is_recovered_once(
     engine: Engine,
     start_worker: Callable[[], subprocess.Popen[bytes]],
     ls_server: FakeLabelStudioServer,
+    fake: FakeLabelStudio,
 ) -> None:
-    label_six(engine)
+    label_six(engine, fake)
     first = start_worker()
     with engine.begin() as conn:
         done, _ = jobs.enqueue(conn, 1, "manual")
