@@ -38,6 +38,7 @@ class Worker:
         self.heartbeat_seconds = services.settings.worker.stale_after / 3
         # How often a changed progress is written (``retrain --wait``, status, the page).
         self.progress_seconds = progress_seconds
+        self.progress_looks = 0  # how often the running job's progress was looked at
         self.pipeline = Pipeline(services)
         # Leave a core to ingest: the webhook answers while training runs.
         torch.set_num_threads(max(1, (torch.get_num_threads() or 1) - 1))
@@ -164,6 +165,7 @@ class Worker:
             tick = max(tick + min(self.progress_seconds, self.heartbeat_seconds), loop.time())
             await asyncio.sleep(tick - loop.time())
             current = dict(progress)  # the pipeline's threads update it: one copy, then read
+            self.progress_looks += 1
             encoded = json.dumps(current, sort_keys=True, default=str)
             if encoded == written and loop.time() - beat_at < self.heartbeat_seconds:
                 continue
