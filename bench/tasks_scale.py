@@ -116,9 +116,8 @@ async def main(n_tasks: int, n_labels: int, image_size: int) -> None:
     url = f"sqlite:///{folder / 'bench.db'}"
     upgrade(url)
     fake = FakeLabelStudio()
-    images = [color_image(RED, seed=1, size=16), color_image(BLUE, seed=2, size=16)]
-    for task_id in range(1, n_tasks + 1):
-        fake.add_task(task_id, images[task_id % 2])
+    for task_id in range(1, n_tasks + 1):  # every image its own (a cache entry each)
+        fake.add_task(task_id, color_image(RED if task_id % 2 else BLUE, seed=task_id, size=16))
     settings = Settings(
         database=DatabaseSettings(url=url),
         label_studio=LabelStudioSettings(url="http://ls.test", api_key=TOKEN),
