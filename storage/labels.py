@@ -5,11 +5,13 @@ counts only changes to training data) live in service/fold.py; this module reads
 rows, in sets, as the fold decides.
 """
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
 from storage.db import upsert, utcnow
@@ -80,7 +82,7 @@ def list_projects(conn: Connection) -> Sequence[Row[Any]]:
 
 
 def save_tasks(conn: Connection, project_id: int, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Upsert tasks ``{"id", "data"}``; a task seen again is no longer deleted."""
+    """Upsert live tasks ``{"id", "data"}`` (a deleted task stays deleted)."""
     values = [
         {"id": int(r["id"]), "project_id": project_id, "data": r["data"], "deleted": False}
         for r in rows
@@ -89,13 +91,39 @@ def save_tasks(conn: Connection, project_id: int, rows: Sequence[Mapping[str, An
 
 
 def save_task_rows(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Upsert tasks ``{"id", "project_id", "data", "deleted"}`` (image columns untouched)."""
-    upsert(conn, tasks, rows, ["id"], ["project_id", "data", "deleted"])
+    """Upsert tasks ``{"id", "project_id", "data", "deleted"}`` (image columns untouched).
+
+    A deleted task is never revived: Label Studio never reuses a task id, so whatever names a
+    deleted task later (a late annotation webhook, a catch-up listing older than the deletion)
+    is older news than the deletion."""
+    if rows:
+        conn.execute(_save_tasks_statement(conn.dialect.name), [dict(row) for row in rows])
 
 
-def delete_tasks(conn: Connection, task_ids: Sequence[int]) -> None:
-    if task_ids:
-        conn.execute(tasks.update().where(tasks.c.id.in_(task_ids)).values(deleted=True))
+def delete_tasks(conn: Connection, project_id: int, task_ids: Sequence[int]) -> None:
+    """Mark these tasks deleted; one never seen gets a tombstone row, so that an older event
+    naming it (a catch-up listing that saw it alive) cannot create it afterwards."""
+    rows = [{"id": i, "project_id": project_id, "data": {}, "deleted": True} for i in task_ids]
+    upsert(conn, tasks, rows, ["id"], ["deleted"])
+
+
+def task_states(conn: Connection, project_id: int) -> dict[int, tuple[Any, bool]]:
+    """task id -> (data, deleted) for every task of the project the log has folded."""
+    stmt = sa.select(tasks.c.id, tasks.c.data, tasks.c.deleted).where(
+        tasks.c.project_id == project_id
+    )
+    return {row.id: (row.data, row.deleted) for row in conn.execute(stmt)}
+
+
+@functools.cache
+def _save_tasks_statement(dialect_name: str) -> sa.Insert:
+    """Built once per dialect: an upsert that leaves deleted rows as they are."""
+    stmt = (postgresql.insert if dialect_name == "postgresql" else sqlite.insert)(tasks)
+    return stmt.on_conflict_do_update(
+        index_elements=["id"],
+        set_={c: stmt.excluded[c] for c in ("project_id", "data", "deleted")},
+        where=tasks.c.deleted.is_(False),
+    )
 
 
 def set_task_image(

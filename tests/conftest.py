@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 
 from bench.kill_drill import fresh_postgres
 from service.context import Services, open_services
+from service.jobs.catchup import learn
 from service.settings import DatabaseSettings, LabelStudioSettings, Settings, TrainingSettings
 from storage.db import create_engine
 from storage.migrate import upgrade
@@ -74,8 +75,9 @@ def fake() -> FakeLabelStudio:
 
 
 @pytest.fixture
-async def services(engine: Engine, fake: FakeLabelStudio) -> AsyncIterator[Services]:
-    """Everything a worker needs, on the test database and the fake Label Studio."""
+async def unregistered(engine: Engine, fake: FakeLabelStudio) -> AsyncIterator[Services]:
+    """Everything a worker needs, on the test database and the fake Label Studio; labelloop
+    has not heard of the project yet."""
     settings = Settings(
         database=DatabaseSettings(url=engine.url.render_as_string(hide_password=False)),
         label_studio=LabelStudioSettings(url="http://ls.test", api_key=TOKEN),
@@ -83,3 +85,11 @@ async def services(engine: Engine, fake: FakeLabelStudio) -> AsyncIterator[Servi
     )
     async with open_services(settings, transport=fake.transport()) as services:
         yield services
+
+
+@pytest.fixture
+async def services(unregistered: Services, fake: FakeLabelStudio) -> Services:
+    """``unregistered``, after ``labelloop register``: the project's tasks are learned (jobs read
+    them from the log), and the annotations the test posts arrive as webhooks."""
+    await learn(unregistered, fake.project_id)
+    return unregistered

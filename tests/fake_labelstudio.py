@@ -51,6 +51,9 @@ class FakeLabelStudio:
     # Called with n before the n-th (from 0) GET /api/tasks/ is answered: a test changes the
     # project there, as annotators do while a listing runs.
     on_list: Callable[[int], None] | None = None
+    # Called with n after the n-th page is read, before it is answered: what changes there is
+    # not in that page (a task created right after the last page: after the listing).
+    after_list: Callable[[int], None] | None = None
     listings: int = 0
     calls: list[str] = field(default_factory=list)  # "METHOD path?query" of every request
     next_id: int = 0  # the last prediction id given (ids are never reused, as in Label Studio)
@@ -106,14 +109,16 @@ class FakeLabelStudio:
         if path == "/api/tasks/":
             if self.on_list is not None:
                 self.on_list(self.listings)
-            self.listings += 1
             after = _id_above(params.get("query"))
             page = self._tasks_page(int(params["page"]), int(params["page_size"]), after)
             if params.get("fields") == "all" and page.status_code == 200:
                 body = json.loads(page.content)
                 for task in body["tasks"]:
                     task["annotations"] = self.annotations.get(task["id"], [])
-                return httpx.Response(200, json=body)
+                page = httpx.Response(200, json=body)
+            if self.after_list is not None:
+                self.after_list(self.listings)
+            self.listings += 1
             return page
         if path.startswith("/data/upload/"):
             self.downloads += 1
@@ -213,12 +218,20 @@ def _id_above(query: str | None) -> int:
     return 0
 
 
-def annotate(services: Services, *labeled: tuple[int, int, str, str]) -> None:
-    """Post ANNOTATION_* events (annotation id, task id, label, updated_at) and fold them."""
+def annotate(
+    services: Services,
+    *labeled: tuple[int, int, str, str],
+    fake: FakeLabelStudio | None = None,
+) -> None:
+    """Post ANNOTATION_* events (annotation id, task id, label, updated_at) and fold them;
+    with ``fake``, Label Studio holds them too (what a catch-up then lists)."""
     with services.engine.begin() as conn:
         for annotation_id, task_id, label, updated_at in labeled:
             body = payloads.annotation_event(annotation_id, task_id, label, updated_at=updated_at)
             events.append(conn, action=body["action"], project_id=1, body=json.dumps(body))
+            if fake is not None:
+                held = fake.annotations.setdefault(task_id, [])
+                held[:] = [a for a in held if a["id"] != annotation_id] + [body["annotation"]]
     fold_all(services)
 
 

@@ -179,7 +179,7 @@ class _State:
         self.project_writes: dict[int, dict[str, Any]] = {}
         self.annotation_writes: set[int] = set()
         self.task_writes: dict[int, dict[str, Any]] = {}
-        self.task_deletions: set[int] = set()  # tasks not written by this batch
+        self.task_deletions: dict[int, int] = {}  # task id -> project id
         self.changes: Counter[int] = Counter()
         self.changed_projects: set[int] = set()
 
@@ -198,8 +198,8 @@ class _State:
         if written is not None:
             self.project_writes[project_id] = {**self.project_writes.get(project_id, {}), **written}
         for task in event.tasks:
-            self.task_writes[task["id"]] = {**task, "project_id": project_id, "deleted": False}
-            self.task_deletions.discard(task["id"])
+            if task["id"] not in self.task_deletions:  # a deleted task stays deleted, as it was
+                self.task_writes[task["id"]] = {**task, "project_id": project_id, "deleted": False}
         for annotation, label in seen:
             self._annotate(project_id, annotation, label)
         for annotation_id in event.deleted_annotations:
@@ -207,14 +207,15 @@ class _State:
         for task_id in event.deleted_tasks:
             if task_id in self.task_writes:
                 self.task_writes[task_id]["deleted"] = True
-            else:
-                self.task_deletions.add(task_id)
+            self.task_deletions[task_id] = project_id
 
     def write(self, conn: Connection) -> None:
         for project_id, values in sorted(self.project_writes.items()):
             labels.save_project(conn, project_id, values)
         labels.save_task_rows(conn, [self.task_writes[i] for i in sorted(self.task_writes)])
-        labels.delete_tasks(conn, sorted(self.task_deletions))
+        for project_id in sorted(set(self.task_deletions.values())):
+            gone = [i for i, p in sorted(self.task_deletions.items()) if p == project_id]
+            labels.delete_tasks(conn, project_id, gone)
         rows = [self.annotations[i] for i in sorted(self.annotation_writes)]
         labels.save_annotations(conn, rows)
         labels.count_changes(conn, self.changes)

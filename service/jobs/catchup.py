@@ -18,6 +18,10 @@ only believed of what cannot have changed since the listing began:
 Deletions that webhooks report are folded at once, as ever; a deletion made during a listing and
 missed by its webhook waits for the next catch-up.
 
+The same listing reconciles the task list, which jobs read from the log (catchup_tasks.py): a
+task whose TASKS_CREATED webhook was lost is learned (and gets the active version's predictions),
+one deleted unheard is marked deleted, and a task whose data changed is saved again.
+
 What a catch-up appends goes in bounded batches, each its own short transaction, so webhooks
 commit between them (SQLite has one writer) and no batch nears the busy timeout.
 """
@@ -34,6 +38,7 @@ from sqlalchemy.engine import Connection
 from service.context import Services
 from service.ingest.fold_loop import fold_all
 from service.ingest.payloads import BAD_EVENT, parse_json, read_event
+from service.jobs import catchup_tasks
 from service.labelstudio.errors import LabelStudioError
 from service.labelstudio.labelconfig import project_row
 from storage import events, labels
@@ -53,6 +58,9 @@ class CatchUpReport:
     changed: int  # created or updated annotations the log did not have
     deleted: int
     kept: int = 0  # absent from the listing but changed since it began: not deleted
+    tasks_saved: int = 0  # tasks new to the log, or whose data changed
+    tasks_new: int = 0  # of those, tasks the log did not have (a lost TASKS_CREATED)
+    tasks_deleted: int = 0
 
 
 async def catch_up_all(services: Services) -> list[CatchUpReport]:
@@ -139,25 +147,42 @@ async def catch_up(
     mark = await asyncio.to_thread(_last_event_id, services)
     await _write(services, _ensure_project, project_id, project)
     remote: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+    listed: dict[int, Any] = {}  # task id -> data
     async for task in client.iter_tasks(project_id, page_size=page_size, with_annotations=True):
+        listed[int(task["id"])] = task.get("data") or {}
         for annotation in task.get("annotations") or []:
             remote[int(annotation["id"])] = (annotation, task)
 
-    changed, gone, kept = await asyncio.to_thread(_compare, services, project_id, remote, mark)
-    bodies = [_annotation_event(project, annotation, task) for annotation, task in changed]
+    found = await asyncio.to_thread(_compare, services, project_id, remote, listed, mark)
+    changed, gone, kept, tasks = found
+    bodies = catchup_tasks.saved_events(project, tasks, mark)
+    bodies += [_annotation_event(project, annotation, task) for annotation, task in changed]
     bodies += [_deleted_event(project, ids) for ids in _chunks(gone, DELETED_PER_EVENT)]
+    bodies += catchup_tasks.deleted_events(project, tasks, mark)
     for chunk in _chunks(bodies, batch):
         await _write(services, _append, project_id, chunk)
         services.event_writer.notify_appended()  # folded while the next batch is written
     await _write(services, _mark_caught_up, project_id)
-    report = CatchUpReport(project_id, len(changed), len(gone), len(kept))
-    if report.changed or report.deleted or report.kept:
+    report = CatchUpReport(
+        project_id,
+        len(changed),
+        len(gone),
+        len(kept) + len(tasks.kept),
+        tasks_saved=len(tasks.saved),
+        tasks_new=tasks.new,
+        tasks_deleted=len(tasks.gone),
+    )
+    if report.changed or report.deleted or report.kept or tasks.saved or tasks.gone:
         logger.info(
-            "catch-up of project %d: %d annotations created or updated, %d deleted, "
-            "%d absent but changed during the listing (kept)",
+            "catch-up of project %d: %d annotations created or updated, %d deleted; "
+            "%d tasks saved (%d new), %d deleted; %d absent but changed during the listing "
+            "(kept)",
             project_id,
             report.changed,
             report.deleted,
+            report.tasks_saved,
+            report.tasks_new,
+            report.tasks_deleted,
             report.kept,
         )
     return report
@@ -167,10 +192,14 @@ def _compare(
     services: Services,
     project_id: int,
     remote: dict[int, tuple[dict[str, Any], dict[str, Any]]],
+    listed: dict[int, Any],
     mark: int,
-) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], list[int], list[int]]:
+) -> tuple[
+    list[tuple[dict[str, Any], dict[str, Any]]], list[int], list[int], catchup_tasks.TaskDiff
+]:
     """What to append: (annotation, task) pairs the log lacks or holds older, ids to delete,
-    and ids absent from the listing that an event after ``mark`` names (kept)."""
+    ids absent from the listing that an event after ``mark`` names (kept), and the tasks to
+    save or delete."""
     with reading(services.engine) as conn:  # one snapshot: folded rows and the events behind
         local = labels.annotation_states(conn, project_id)
         changed = [
@@ -179,22 +208,29 @@ def _compare(
             if _missing_or_older(local.get(annotation_id), remote[annotation_id][0])
         ]
         absent = {i for i, (_, deleted) in local.items() if not deleted and i not in remote}
-        recent = _named_since(conn, project_id, mark) if absent else set()
-    return changed, sorted(absent - recent), sorted(absent & recent)
+        named_annotations, named_tasks = _named_since(conn, project_id, mark)
+        tasks = catchup_tasks.compare(conn, project_id, listed, named_tasks)
+    kept = absent & named_annotations
+    return changed, sorted(absent - kept), sorted(kept), tasks
 
 
-def _named_since(conn: Connection, project_id: int, mark: int) -> set[int]:
-    """Annotation ids that the project's events after ``mark`` create, change or delete."""
-    named: set[int] = set()
+def _named_since(conn: Connection, project_id: int, mark: int) -> tuple[set[int], set[int]]:
+    """Annotation ids and task ids that the project's events after ``mark`` create, change or
+    delete (a task is named by its annotations' events too)."""
+    annotations: set[int] = set()
+    tasks: set[int] = set()
     for event_id, action, body in events.since(conn, project_id, mark):
         try:
             event = read_event(event_id, action, parse_json(body))
         except (*BAD_EVENT, RecursionError):
             continue  # the fold skips it too
         if event is not None:
-            named.update(a.id for a in event.annotations)
-            named.update(event.deleted_annotations)
-    return named
+            annotations.update(a.id for a in event.annotations)
+            annotations.update(event.deleted_annotations)
+            tasks.update(t["id"] for t in event.tasks)
+            tasks.update(a.task_id for a in event.annotations)
+            tasks.update(event.deleted_tasks)
+    return annotations, tasks
 
 
 async def _write(services: Services, fn: Callable[..., Any], *args: Any) -> Any:

@@ -1,7 +1,7 @@
 """Jobs, start to finish.
 
-train: Label Studio tasks -> embeddings (cached) -> head on labeled tasks -> evaluation ->
-       version stored -> promotion gate -> (if promoted) activate and push predictions
+train: the project's tasks (read from the log) -> embeddings (cached) -> head on labeled tasks ->
+       evaluation -> version stored -> promotion gate -> (if promoted) activate and push
 push:  the active version's predictions for the unlabeled tasks, what changed only, under the
        project's one Label Studio name -> project model_version
 """
@@ -17,6 +17,7 @@ import torch
 
 from service.context import Services
 from service.ingest import relabel
+from service.jobs.catchup import learn_if_new
 from service.jobs.embedding import Embedder, EmbedReport
 from service.jobs.predictions import push_predictions
 from service.jobs.threads import in_daemon_thread
@@ -36,6 +37,7 @@ from service.vision.finetune import FinetuneResult, finetune
 from service.vision.head import Head, TrainResult, train_head
 from service.vision.image_store import ImageStore
 from storage import jobs, labels, models
+from storage.db import reading
 
 logger = logging.getLogger(__name__)
 
@@ -190,17 +192,20 @@ class Pipeline:
         return Fitted(tuned, result.head, result.metrics, ids, None, y, {}, set(), blob)
 
     async def _snapshot(self, project_id: int, progress: dict[str, Any]) -> Snapshot:
-        """Refresh the project's config and task list from Label Studio, then read the labels.
+        """Refresh the project's config from Label Studio, then read its tasks and labels.
 
-        Label Studio is the truth for which tasks exist (webhooks can be lost) and for the
-        label config (it may have changed); the labels come from the folded event log.
+        The tasks and labels come from the folded event log (webhooks, and catch-up, which
+        reconciles the task list with Label Studio every ``catch_up``), not from a listing of
+        the whole project: a job costs what changed. A project never caught up is learned
+        first, so a first training sees every task. The config is read on every job (one
+        request): it may have changed without a webhook.
         """
-        progress["stage"] = "listing tasks"
+        progress["stage"] = "reading tasks"
+        await learn_if_new(self.services, project_id)
         project = await self.services.label_studio.get_project(project_id)
-        seen: list[dict[str, Any]] = []
-        async for task in self.services.label_studio.iter_tasks(project_id):
-            seen.append({"id": task["id"], "data": task.get("data") or {}})
-        snapshot: Snapshot = await self._db(_sync_and_read, project_id, project_row(project), seen)
+        async with self.services.write_turn():
+            await self._db(relabel.save_project, project_id, project_row(project))
+        snapshot: Snapshot = await asyncio.to_thread(_read, self.services.engine, project_id)
         return snapshot
 
     async def _embed(
@@ -288,20 +293,14 @@ def _register_leased(conn: Any, job_id: int, lease: int, *args: Any) -> Any:
     return register(conn, *args)
 
 
-def _sync_and_read(
-    conn: Any, project_id: int, project: dict[str, Any], seen: list[dict[str, Any]]
-) -> Snapshot:
-    relabel.save_project(conn, project_id, project)  # a changed config re-derives labels
-    labels.save_tasks(conn, project_id, seen)
-    current = {t["id"] for t in seen}
-    labels.delete_tasks(
-        conn, [t.id for t in labels.project_tasks(conn, project_id) if t.id not in current]
-    )
-    return Snapshot(
-        project=labels.get_project(conn, project_id),
-        tasks=list(labels.project_tasks(conn, project_id)),
-        labeled=labels.training_labels(conn, project_id),
-    )
+def _read(engine: Any, project_id: int) -> Snapshot:
+    """The project, its live tasks and their labels, from one consistent read."""
+    with reading(engine) as conn:
+        return Snapshot(
+            project=labels.get_project(conn, project_id),
+            tasks=list(labels.project_tasks(conn, project_id)),
+            labeled=labels.training_labels(conn, project_id),
+        )
 
 
 def _stage(progress: dict[str, Any], stage: str) -> Callable[[int, int], None]:

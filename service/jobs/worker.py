@@ -1,13 +1,16 @@
 """The worker: claim a queued job, run the training pipeline, record how it ended.
 
 Runs inside ``labelloop serve`` (the default) or alone as ``labelloop worker``. While a job runs
-it heart-beats into the job row, so a job left ``running`` by a dead process is requeued. The
-claim's attempt number is the worker's lease: when a heartbeat finds it gone (the job was
-requeued while this worker was paused), the pipeline is cancelled and nothing more is written.
+it heart-beats into the job row, so a job left ``running`` by a dead process is requeued, and
+writes its progress there once a second when it changed (``retrain --wait``, status and the
+page read it). The claim's attempt number is the worker's lease: when a heartbeat finds it gone
+(the job was requeued while this worker was paused), the pipeline is cancelled and nothing more
+is written.
 """
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from datetime import timedelta
@@ -27,11 +30,16 @@ LOST = object()  # what the heartbeat returns when it found the lease gone
 
 
 class Worker:
-    def __init__(self, services: Services, *, poll_interval: float = 2.0) -> None:
+    def __init__(
+        self, services: Services, *, poll_interval: float = 2.0, progress_seconds: float = 1.0
+    ) -> None:
         self.services = services
         self.poll_interval = poll_interval
         self.stale_after = timedelta(seconds=services.settings.worker.stale_after)
         self.heartbeat_seconds = services.settings.worker.stale_after / 3
+        # How often a changed progress is written (``retrain --wait``, status, the page).
+        self.progress_seconds = progress_seconds
+        self.progress_looks = 0  # how often the running job's progress was looked at
         self.pipeline = Pipeline(services)
         # Leave a core to ingest: the webhook answers while training runs.
         torch.set_num_threads(max(1, (torch.get_num_threads() or 1) - 1))
@@ -147,20 +155,40 @@ class Worker:
     async def _heartbeat(
         self, job_id: int, lease: int, progress: dict[str, Any], work: asyncio.Task[Outcome]
     ) -> object:
-        """Beat every ``heartbeat_seconds``; a beat that finds the lease gone cancels ``work``
-        and returns ``LOST``."""
+        """Write the job's progress when it changed, at most once every ``progress_seconds``
+        (one UPDATE, whatever the pipeline did meanwhile: no write per image), and beat at
+        least every ``heartbeat_seconds`` even when nothing changed. A write that finds the
+        lease gone cancels ``work`` and returns ``LOST``."""
+        loop = asyncio.get_running_loop()
+        written = json.dumps({})  # the progress last written, as JSON (a claim clears it)
+        beat_at = loop.time()
+        tick = loop.time()
         while True:
-            await asyncio.sleep(self.heartbeat_seconds)
-
-            def beat() -> bool:
-                with self.services.engine.begin() as conn:
-                    return jobs.heartbeat(conn, job_id, progress, lease=lease)
-
+            # A fixed rate: the writes' own time does not stretch the interval.
+            tick = max(tick + min(self.progress_seconds, self.heartbeat_seconds), loop.time())
+            await asyncio.sleep(tick - loop.time())
+            current = dict(progress)  # the pipeline's threads update it: one copy, then read
+            self.progress_looks += 1
+            encoded = json.dumps(current, sort_keys=True, default=str)
+            if encoded == written and loop.time() - beat_at < self.heartbeat_seconds:
+                continue
             try:
-                held = await asyncio.to_thread(beat)
+                held = await self._beat(job_id, lease, current)
             except Exception:
                 logger.warning("heartbeat of job %d failed", job_id, exc_info=True)
                 continue
+            written, beat_at = encoded, loop.time()
             if not held:
                 work.cancel()
                 return LOST
+
+    async def _beat(self, job_id: int, lease: int, progress: dict[str, Any]) -> bool:
+        """One UPDATE of the job row (heartbeat and progress), in turn with this process's
+        other writers on SQLite."""
+
+        def beat() -> bool:
+            with self.services.engine.begin() as conn:
+                return jobs.heartbeat(conn, job_id, progress, lease=lease)
+
+        async with self.services.write_turn():
+            return await asyncio.to_thread(beat)

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from service.context import Services
-from service.jobs.pipeline import _sync_and_read
+from service.ingest import relabel
+from service.jobs.pipeline import _read
 from service.labelstudio.labelconfig import project_row
 from service.web.mlbackend import _setup_project
 from storage import events, labels
@@ -115,9 +116,9 @@ def _folded_unsupported(engine: Engine) -> None:
 
 def test_the_pipeline_project_sync_re_derives(engine: Engine) -> None:
     _folded_unsupported(engine)
-    with engine.begin() as conn:
-        project = project_row(payloads.project(label_config=RED_GREEN))
-        snapshot = _sync_and_read(conn, 1, project, [payloads.task(100), payloads.task(101)])
+    with engine.begin() as conn:  # what a job's snapshot does: save the config it read...
+        relabel.save_project(conn, 1, project_row(payloads.project(label_config=RED_GREEN)))
+    snapshot = _read(engine, 1)  # ...then read the tasks and labels
     assert snapshot.labeled == {100: "red"}  # the job trains on the config it just read
     assert state(engine) == (2, {100: "red"}, 1)
 

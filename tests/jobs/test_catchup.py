@@ -36,6 +36,12 @@ API_TOKEN = "api-token-catch-up"
 NOW = utcnow()
 
 
+@pytest.fixture
+def services(unregistered: Services) -> Services:
+    """Catch-up's tests start where labelloop has not listed the project yet."""
+    return unregistered
+
+
 def label_state(services: Services) -> dict[int, str]:
     with services.engine.begin() as conn:
         return labels.training_labels(conn, 1)
@@ -59,7 +65,10 @@ async def test_missed_creates_updates_and_deletes_are_folded_in(
     assert label_state(services) == {1: "blue", 3: "red", 4: "blue"}
     with services.engine.begin() as conn:
         sources = conn.execute(sa.select(events.c.source, sa.func.count()).group_by("source"))
-        assert dict(sources.all()) == {"webhook": 3, "catch-up": 4}
+        # 3 annotation updates, 1 deletion, and 1 TASKS_CREATED of tasks 4-12, which no
+        # webhook named.
+        assert dict(sources.all()) == {"webhook": 3, "catch-up": 5}
+        assert [t.id for t in labels.project_tasks(conn, 1)] == list(range(1, 13))
 
     # Nothing new: a second catch-up appends nothing.
     again = await catch_up(services, 1)

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 import service.jobs.embedding
 from service.context import Services, open_services
 from service.jobs import triggers
+from service.jobs.catchup import learn
 from service.jobs.worker import Worker
 from service.labelstudio.client import LabelStudio
 from service.settings import DatabaseSettings, LabelStudioSettings, Settings, TrainingSettings
@@ -217,6 +218,7 @@ async def services(
             LS_URL, TOKEN, transport=fake.transport(), sleep=no_wait
         )
         try:
+            await learn(services, 1)  # registered: jobs read the tasks from the log
             yield services
         finally:
             await services.label_studio.aclose()

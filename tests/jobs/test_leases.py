@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from service.context import Services, open_services
+from service.jobs.catchup import learn
 from service.jobs.worker import Worker
 from service.settings import (
     DatabaseSettings,
@@ -64,6 +65,7 @@ async def services(engine: Engine, transport: HookedTransport) -> AsyncIterator[
         training=TrainingSettings(threshold=6, weights="none", image_size=64, device=DEVICE),
     )
     async with open_services(settings, transport=transport) as services:
+        await learn(services, 1)  # registered: jobs read the tasks from the log
         yield services
 
 

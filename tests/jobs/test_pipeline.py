@@ -121,3 +121,26 @@ async def test_new_tasks_get_the_active_models_predictions_without_a_retrain(
     assert (job.kind, job.reason, job.status) == ("push", "new-tasks", "succeeded")
     tasks = sorted(p["task"] for p in fake.predictions)
     assert tasks == [7, 8, 9, 10, 13, 14]
+
+
+async def test_a_training_reads_the_tasks_from_the_log_without_listing_label_studio(
+    services: Services, fake: FakeLabelStudio
+) -> None:
+    annotate(services, *first_six())
+    listed = fake.listings
+    assert await Worker(services).run_until_idle() == 1
+    assert fake.listings == listed  # catch-up reconciles the task list, not every job
+    assert sorted(p["task"] for p in fake.predictions) == [7, 8, 9, 10]
+
+
+async def test_the_first_training_of_a_project_never_caught_up_learns_every_task_first(
+    unregistered: Services, fake: FakeLabelStudio
+) -> None:
+    """Only the annotations' webhooks arrived (tasks 1-6); Label Studio holds 12 tasks."""
+    annotate(unregistered, *first_six(), fake=fake)
+    # The training, and the push that tasks learned during a training queue (a no-op here).
+    assert await Worker(unregistered).run_until_idle() == 2
+    assert sorted(p["task"] for p in fake.predictions) == [7, 8, 9, 10]
+    with unregistered.engine.begin() as conn:
+        project = labels.get_project(conn, 1)
+    assert project is not None and project.caught_up_at is not None

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from service.context import Services, open_services
 from service.ingest.fold_loop import fold_all
 from service.jobs import triggers
+from service.jobs.catchup import learn
 from service.jobs.predictions import prediction
 from service.jobs.worker import Worker
 from service.settings import DatabaseSettings, LabelStudioSettings, Settings, TrainingSettings
@@ -80,6 +81,7 @@ async def services(
         return fake.handle(request)
 
     async with open_services(settings, transport=httpx.MockTransport(handle)) as services:
+        await learn(services, 1)  # registered: jobs read the tasks from the log
         yield services
 
 
@@ -96,8 +98,9 @@ def once(condition: Callable[[httpx.Request], bool], action: Callable[[], None])
     return hook
 
 
-def listing(request: httpx.Request) -> bool:
-    return request.url.path == "/api/tasks/"
+def downloading(request: httpx.Request) -> bool:
+    """An image download: the training has read its task list (from the log) by then."""
+    return request.url.path.startswith("/data/upload/")
 
 
 def importing(request: httpx.Request) -> bool:
@@ -214,10 +217,10 @@ async def test_a_push_queued_for_v1_during_a_retrain_pushes_the_promoted_v2(
     await worker.run_until_idle()
     assert active_version(services) == "labelloop-v1"
 
-    # A retrain starts; while it lists the tasks, two tasks are imported: their
+    # A retrain starts; once it has read its tasks, two tasks are imported: their
     # TASKS_CREATED queues a push while labelloop-v1 is still the active version.
     annotate(services, *flipped("2026-11-29T11:00:00Z"))
-    interleave.hooks.append(once(listing, lambda: import_tasks(services, fake, 13, 14)))
+    interleave.hooks.append(once(downloading, lambda: import_tasks(services, fake, 13, 14)))
     assert await worker.run_until_idle() == 2  # the retrain, then the push
 
     version = active_version(services)
@@ -240,11 +243,11 @@ async def test_a_rollback_during_a_training_leaves_label_studio_on_the_active_ve
     await worker.run_until_idle()
     assert active_version(services) == "labelloop-v2"
 
-    # A person rolls back to v1 while a (manual) training of v3 lists its tasks; v3, on the
+    # A person rolls back to v1 while a (manual) training of v3 embeds its tasks; v3, on the
     # current labels, beats v1 and is promoted over the rollback.
     with services.engine.begin() as conn:
         triggers.request_training(conn, services.settings, 1, "manual")
-    interleave.hooks.append(once(listing, lambda: _activate(services, 1, "labelloop-v1")))
+    interleave.hooks.append(once(downloading, lambda: _activate(services, 1, "labelloop-v1")))
     assert await worker.run_until_idle() == 2
 
     version = active_version(services)
@@ -275,7 +278,7 @@ async def test_tasks_imported_during_the_first_training_get_its_predictions(
     services: Services, fake: FakeLabelStudio, interleave: Interleave
 ) -> None:
     annotate(services, *first_six())
-    interleave.hooks.append(once(listing, lambda: import_tasks(services, fake, 13, 14)))
+    interleave.hooks.append(once(downloading, lambda: import_tasks(services, fake, 13, 14)))
     assert await Worker(services).run_until_idle() == 2  # the training, then the push
 
     assert_label_studio_shows(services, fake, "labelloop-v1", {7, 8, 9, 10, 13, 14})
