@@ -53,7 +53,9 @@ async def test_a_task_whose_webhook_was_lost_is_learned_and_gets_the_active_vers
     with services.engine.begin() as conn:
         job = jobs.recent(conn, 1)[0]
     assert (job.kind, job.status) == ("push", "succeeded")
-    assert [p["model_version"] for p in fake.predictions if p["task"] == 13] == ["labelloop-v1"]
+    assert job.model_version == "labelloop-v1"
+    # under the project's one Label Studio name, like every labelloop prediction
+    assert [p["model_version"] for p in fake.predictions if p["task"] == 13] == ["labelloop"]
 
 
 async def test_a_task_deleted_without_a_webhook_is_marked_deleted(
