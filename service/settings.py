@@ -79,6 +79,9 @@ class TrainingSettings:
     # A new version is promoted unless its macro-F1 on the same held-out tasks is worse than
     # the active one's by more than this plus the noise of the difference (service/jobs/promotion).
     promotion_margin: float = 0.02
+    # Images whose header declares more pixels are refused before decoding (decompression
+    # bombs). 150 MP takes 100 MP photos; JPEGs are decoded at reduced scale whatever their size.
+    max_image_pixels: int = 150_000_000
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,8 @@ def _validate_training(name: str, training: TrainingSettings) -> None:
         raise SettingsError(f"{name}.promotion_margin: must be between 0 and 1")
     if not 32 <= training.image_size <= 1024:
         raise SettingsError(f"{name}.image_size: must be between 32 and 1024")
+    if not 1_000_000 <= training.max_image_pixels <= 2_000_000_000:
+        raise SettingsError(f"{name}.max_image_pixels: must be between 1000000 and 2000000000")
     try:
         parse_schedule(training.schedule)
     except ValueError as exc:
