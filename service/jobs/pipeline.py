@@ -158,7 +158,11 @@ class Pipeline:
         """The whole network on the labeled images; unlabeled ones are embedded after."""
         labeled = [t for t in snapshot.tasks if t.id in snapshot.labeled]
         images = await self.embedder.load_images(
-            labeled, snapshot.project.image_key, spec.image_size, _stage(progress, "loading images")
+            labeled,
+            snapshot.project.image_key,
+            spec.image_size,
+            _stage(progress, "loading images"),
+            max_pixels=settings.max_image_pixels,
         )
         ids = [tid for tid in snapshot.labeled if tid in images]
         y = [snapshot.labeled[tid] for tid in ids]
@@ -201,7 +205,12 @@ class Pipeline:
         progress: dict[str, Any],
     ) -> EmbedReport:
         report = await self.embedder.embed_tasks(
-            tasks, snapshot.project.image_key, spec, settings.device, _stage(progress, "embedding")
+            tasks,
+            snapshot.project.image_key,
+            spec,
+            settings.device,
+            _stage(progress, "embedding"),
+            max_pixels=settings.max_image_pixels,
         )
         self.services.metrics.embedded(report.forward_passes)
         progress["images"] = {
