@@ -21,7 +21,7 @@ import concurrent.futures
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,7 +102,7 @@ class Embedder:
         feeder = asyncio.create_task(self._feed(missing, image_key, identity, decoder, ready))
         try:
             with torch_threads(plan.torch):
-                while (chunk := await ready.get()) is not None:
+                while (chunk := await _next(ready, feeder)) is not None:
                     await self._embed_chunk(chunk, image_key, spec, device, report)
                     progress(report.cached + report.embedded + report.failed, len(tasks))
             await feeder
@@ -164,23 +164,24 @@ class Embedder:
         ready: "asyncio.Queue[_Chunk | None]",
     ) -> None:
         """Download, hash and look up chunk after chunk; start decoding what is not cached."""
-        async for chunk, fetched in self._download(tasks, image_key):
-            found = await asyncio.to_thread(self._lookup, chunk, fetched, identity)
-            hashes, errors, cached = found
-            pending: dict[str, concurrent.futures.Future[torch.Tensor | str]] = {}
-            for task, data in zip(chunk, fetched, strict=True):
-                digest = hashes.get(task.id)
-                if digest is None or digest in cached or digest in pending:
-                    continue
-                assert isinstance(data, bytes)
-                pending[digest] = decoder.submit(data)
-            del fetched  # the decoders hold what they still need
-            await ready.put(_Chunk(chunk, hashes, errors, cached, pending))
+        async with contextlib.aclosing(self._download(tasks, image_key)) as downloaded:
+            async for chunk, fetched in downloaded:
+                found = await asyncio.to_thread(self._lookup, chunk, fetched, identity)
+                hashes, errors, cached = found
+                pending: dict[str, concurrent.futures.Future[torch.Tensor | str]] = {}
+                for task, data in zip(chunk, fetched, strict=True):
+                    digest = hashes.get(task.id)
+                    if digest is None or digest in cached or digest in pending:
+                        continue
+                    assert isinstance(data, bytes)
+                    pending[digest] = decoder.submit(data)
+                del fetched  # the decoders hold what they still need
+                await ready.put(_Chunk(chunk, hashes, errors, cached, pending))
         await ready.put(None)
 
     async def _download(
         self, tasks: Sequence[Any], image_key: str
-    ) -> AsyncIterator[tuple[list[Any], list[bytes | str]]]:
+    ) -> AsyncGenerator[tuple[list[Any], list[bytes | str]], None]:
         """Chunks of (tasks, bytes or reason), in task order, downloading a window ahead."""
         semaphore = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)
         upcoming = iter(tasks)
@@ -307,6 +308,18 @@ def image_uri(task: Any, image_key: str) -> str | None:
 def _still_valid(task: Any, image_key: str) -> bool:
     """Whether the task's stored image hash is of the picture its data names now."""
     return bool(task.image_hash) and task.image_uri == image_uri(task, image_key)
+
+
+async def _next(
+    ready: "asyncio.Queue[_Chunk | None]", feeder: "asyncio.Task[None]"
+) -> "_Chunk | None":
+    """The next chunk, None after the last; what stopped the feeder, if it failed."""
+    getting = asyncio.ensure_future(ready.get())
+    await asyncio.wait({getting, feeder}, return_when=asyncio.FIRST_COMPLETED)
+    if not getting.done() and not feeder.cancelled() and feeder.exception() is not None:
+        getting.cancel()
+        feeder.result()  # raises it
+    return await getting
 
 
 @dataclass

@@ -12,8 +12,8 @@ DCT scaling by 1/2, 1/4 or 1/8) to the smallest scale whose shorter side is stil
 full and then box-reduced by an integer factor that keeps the shorter side at least `min_side`.
 `model_input` asks for twice the model's input size, then `preprocess` does the exact resize.
 Against a full decode the model input differs by at most ~0.17 and on average ~0.01 (in
-normalised units, where one 8-bit step is ~0.017; measured over scikit-learn's sample photos at
-12 MP, tests/vision/test_draft.py holds the bound).
+normalised units, where one 8-bit step is ~0.017; measured over scikit-learn's sample photos
+upscaled to 4-12 MP, with and without added grain; tests/vision/test_draft.py holds the bound).
 
 `preprocess` is the single definition of model input, shared by training and inference. It is
 part of the embedding cache key through `PREPROCESS_VERSION`: bump the version whenever its

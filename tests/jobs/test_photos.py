@@ -5,6 +5,7 @@ import io
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import pytest
 import torch
 from PIL import Image
@@ -128,3 +129,17 @@ async def test_the_setting_reaches_the_decode_through_the_worker(
     with small_limit.engine.begin() as conn:
         failures = dict(labels.image_failures(conn, 1, limit=100))
     assert failures[13] == "not decodable: too large: 1250x1000 pixels exceeds max_pixels 1000000"
+
+
+async def test_a_failure_while_feeding_is_raised_not_waited_for(
+    services: Services, fake: FakeLabelStudio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("database gone")
+
+    embedder = Embedder(services)
+    monkeypatch.setattr(embedder, "_lookup", broken)
+    with anyio.fail_after(60), pytest.raises(RuntimeError, match="database gone"):
+        await embedder.embed_tasks(
+            task_rows(services, fake), "image", SPEC, "cpu", lambda d, t: None, max_pixels=10**8
+        )

@@ -4,6 +4,7 @@ decode, on real photographs (scikit-learn's sample photos, upscaled to camera-li
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
 import random
@@ -109,8 +110,6 @@ def test_decoded_bytes_judges_the_drafted_size_from_the_header() -> None:
 
 
 def test_decoder_bounds_pixels_in_flight_and_still_decodes_one_over_the_budget() -> None:
-    import concurrent.futures
-
     data = photos(4, 1800, 2400)
     cost = open_image(data[0]).decoded_bytes(DRAFT_FACTOR * SIZE)
     pool = concurrent.futures.ThreadPoolExecutor(4)
