@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +94,30 @@ def serve(folder: Path) -> http.server.ThreadingHTTPServer:
     return server
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rss_mb() -> float:
+    """This process's resident memory now (Linux), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class Stage:
+    rate: float  # images/s
+    cpu_ms: float  # CPU of this process (all threads, the local server's too) per image
+    forward_passes: int
+    rss_before_mb: float  # torch, the model, the database: before the first image
+
+
 async def embedding_stage(
     folder: Path, paths: list[Path], spec: BackboneSpec, device: str, url: str
-) -> tuple[float, int]:
+) -> Stage:
     database = f"sqlite:///{folder / 'bench.db'}"
     upgrade(database)
     settings = Settings(
@@ -113,6 +135,8 @@ async def embedding_stage(
             tasks = [labels.get_task(conn, index + 1) for index in range(len(paths))]
         embedder = Embedder(services)
         embedder.backbone(spec, device)  # built before the clock starts, as in a warm worker
+        before = rss_mb()
+        cpu = cpu_seconds()
         started = time.perf_counter()
         report = await embedder.embed_tasks(
             tasks,
@@ -123,19 +147,25 @@ async def embedding_stage(
             max_pixels=settings.training.max_image_pixels,
         )
         seconds = time.perf_counter() - started
+        cpu = cpu_seconds() - cpu
     if report.failed:
         raise SystemExit(f"{report.failed} photos failed to embed")
-    return len(paths) / seconds, report.forward_passes
+    return Stage(len(paths) / seconds, cpu * 1000 / len(paths), report.forward_passes, before)
 
 
-def bare_forward(spec: BackboneSpec, device: torch.device, count: int, threads: int) -> float:
+def bare_forward(
+    spec: BackboneSpec, device: torch.device, count: int, threads: int
+) -> tuple[float, float]:
+    """images/s, and ms of this process's CPU per image."""
     with torch_threads(threads):
         backbone = Backbone(spec, device, batch_size=BATCH)
         images = [torch.randn(3, SIZE, SIZE) for _ in range(count)]
         backbone.embed(images[: BATCH * 2])  # warm-up: kernels chosen, memory allocated
+        cpu = cpu_seconds()
         started = time.perf_counter()
         backbone.embed(images)  # CPU tensors back: the device has finished
-        return count / (time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return count / seconds, (cpu_seconds() - cpu) * 1000 / count
 
 
 def per_image_costs(
@@ -191,13 +221,13 @@ def main() -> int:
         server = serve(folder)
         url = f"http://127.0.0.1:{server.server_address[1]}"
         try:
-            stage, forwarded = asyncio.run(embedding_stage(folder, paths, spec, args.device, url))
+            stage = asyncio.run(embedding_stage(folder, paths, spec, args.device, url))
         finally:
             server.shutdown()
         rss = peak_rss_mb()
-        print(f"embedding stage: {stage:.1f} images/s ({forwarded} forward passes)", flush=True)
-        bare = bare_forward(spec, device, max(len(paths), BATCH * 4), plan.torch)
-        every = bare_forward(spec, device, max(len(paths), BATCH * 4), cores)
+        print(f"embedding stage: {stage.rate:.1f} images/s", flush=True)
+        bare, bare_cpu_ms = bare_forward(spec, device, max(len(paths), BATCH * 4), plan.torch)
+        every, _ = bare_forward(spec, device, max(len(paths), BATCH * 4), cores)
         decode_ms, forward_ms = per_image_costs(paths, spec, device, plan.torch)
 
     title = (
@@ -205,16 +235,23 @@ def main() -> int:
         f"({name or 'cpu'}), {cores} cores, resnet18, {SIZE} px, batch {BATCH}"
     )
     rows = [
-        ("embedding stage (download, hash, decode, forward, store), images/s", f"{stage:.1f}"),
+        ("embedding stage (download, hash, decode, forward, store), images/s", f"{stage.rate:.1f}"),
         (
             f"bare forward, ready 224 px tensors, {plan.torch} torch threads, images/s",
             f"{bare:.1f}",
         ),
-        ("ratio", f"{stage / bare:.2f}x"),
+        ("ratio", f"{stage.rate / bare:.2f}x"),
         (f"bare forward with all {cores} cores, images/s", f"{every:.1f}"),
         ("decode + preprocess of one 12 MP photo, ms of CPU", f"{decode_ms:.1f}"),
         (f"forward of one image at {plan.torch} threads, ms", f"{forward_ms:.1f}"),
-        ("peak RSS of the embedding stage's process, MB", f"{rss:.0f}"),
+        (
+            "CPU per image: stage (all threads) / bare forward, ms",
+            f"{stage.cpu_ms:.0f} / {bare_cpu_ms:.0f}",
+        ),
+        (
+            "RSS before the stage (torch, model, database) / peak RSS, MB",
+            f"{stage.rss_before_mb:.0f} / {rss:.0f}",
+        ),
     ]
     print(f"\n| {title} | |")
     print("|---|---|")

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 DOWNLOAD_CONCURRENCY = 8
 CHUNK = 64  # images decoded and embedded per round trip to the database
-CHUNK_BYTES = 64 * 2**20  # ...or fewer: downloaded bytes a chunk holds (plus its last image's)
+CHUNK_BYTES = 32 * 2**20  # ...or fewer: downloaded bytes a chunk holds (plus its last image's)
 DECODE_BYTES = 128 * 2**20  # decoded pixels held by the decoder threads together
 MAX_IMAGE_BYTES = 50 * 2**20
 
