@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance
 
+from service.vision.backbone import ThreadPlan, thread_plan
 from service.vision.decoder import Decoder
 from service.vision.images import (
     DRAFT_FACTOR,
@@ -167,3 +168,11 @@ def _probe(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=300,
         cwd=ROOT,
     )
+
+
+def test_thread_plan_splits_the_cpu_between_forward_and_decoders() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert thread_plan(cpu, cores=2) == ThreadPlan(torch=1, decode=1)
+    assert thread_plan(cpu, cores=16) == ThreadPlan(torch=8, decode=8)
+    assert thread_plan(cpu, cores=1) == ThreadPlan(torch=1, decode=1)
+    assert thread_plan(cuda, cores=16).decode == 16
