@@ -47,6 +47,8 @@ class Decoder:
                 return preprocess(encoded.decode(min_side), self._size)
         except ImageError as exc:
             return f"not decodable: {exc.reason}"
+        except StopIteration as exc:  # would leave an asyncio future waiting on it forever
+            raise RuntimeError(f"decoding stopped: {exc!r}") from exc
 
     @contextlib.contextmanager
     def _holding(self, cost: int) -> Iterator[None]:

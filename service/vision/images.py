@@ -137,10 +137,10 @@ def _open(data: bytes) -> ImageFile.ImageFile | None:
         load_plugins()
         for name in list(Image.ID):
             factory, accept = Image.OPEN[name]
-            accepted = True if accept is None else accept(prefix)
-            if isinstance(accepted, str) or not accepted:  # a str: Pillow's warning text
-                continue
             try:
+                accepted = True if accept is None else accept(prefix)
+                if isinstance(accepted, str) or not accepted:  # a str: Pillow's warning text
+                    continue
                 return factory(io.BytesIO(data), "")
             except (SyntaxError, IndexError, TypeError, struct.error):
                 continue
@@ -152,7 +152,7 @@ def _draft_scale(size: tuple[int, int], min_side: int | None) -> int:
     if not min_side:
         return 1
     fits = min(size[0] // min_side, size[1] // min_side)
-    return next(scale for scale in (8, 4, 2, 1) if fits >= scale)
+    return next((scale for scale in (8, 4, 2) if fits >= scale), 1)
 
 
 def _oriented(image: Image.Image) -> Image.Image:

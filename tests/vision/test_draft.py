@@ -22,6 +22,7 @@ from service.vision.decoder import Decoder
 from service.vision.images import (
     DRAFT_FACTOR,
     EncodedImage,
+    ImageError,
     decode_image,
     model_input,
     open_image,
@@ -176,3 +177,17 @@ def test_thread_plan_splits_the_cpu_between_forward_and_decoders() -> None:
     assert thread_plan(cpu, cores=16) == ThreadPlan(torch=8, decode=8)
     assert thread_plan(cpu, cores=1) == ThreadPlan(torch=1, decode=1)
     assert thread_plan(cuda, cores=16).decode == 16
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00", b"GIF8"])
+def test_short_garbage_is_not_an_image(data: bytes) -> None:
+    with pytest.raises(ImageError, match="not an image"):
+        open_image(data)
+
+
+def test_an_image_smaller_than_the_draft_size_decodes_in_full() -> None:
+    buffer = io.BytesIO()
+    Image.new("CMYK", (40, 40), (0, 200, 200, 20)).save(buffer, "JPEG")
+    encoded = open_image(buffer.getvalue())
+    assert encoded.decoded_bytes(DRAFT_FACTOR * SIZE) == 40 * 40 * 8
+    assert encoded.decode(DRAFT_FACTOR * SIZE).size == (40, 40)
