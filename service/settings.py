@@ -82,6 +82,9 @@ class TrainingSettings:
     # Versions that keep a fine-tuned network (45-94 MB each in the database): the active one
     # and the newest this many; older ones keep their row and head, and cannot be activated.
     keep_versions: int = 5
+    # Images whose header declares more pixels are refused before decoding (decompression
+    # bombs). 150 MP takes 100 MP photos; JPEGs are decoded at reduced scale whatever their size.
+    max_image_pixels: int = 150_000_000
 
 
 @dataclass(frozen=True)
@@ -258,6 +261,8 @@ def _validate_training(name: str, training: TrainingSettings) -> None:
         raise SettingsError(f"{name}.keep_versions: must be between 1 and 1000")
     if not 32 <= training.image_size <= 1024:
         raise SettingsError(f"{name}.image_size: must be between 32 and 1024")
+    if not 1_000_000 <= training.max_image_pixels <= 2_000_000_000:
+        raise SettingsError(f"{name}.max_image_pixels: must be between 1000000 and 2000000000")
     try:
         parse_schedule(training.schedule)
     except ValueError as exc:

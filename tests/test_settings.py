@@ -74,6 +74,8 @@ def test_config_chosen_by_environment(tmp_path: Path) -> None:
         ("[nonsense]\n", {}, "[nonsense]"),
         ("[projects.abc]\n", {}, "projects.abc"),
         ("[projects.2]\nimage_size = 8\n", {}, "projects.2.image_size"),
+        ("[training]\nmax_image_pixels = 100\n", {}, "training.max_image_pixels"),
+        ('[training]\nmax_image_pixels = "big"\n', {}, "training.max_image_pixels"),
         ("[server\n", {}, "invalid TOML"),
     ],
 )
@@ -114,3 +116,14 @@ def test_secrets_stay_out_of_repr() -> None:
 )
 def test_parse_schedule(value: str, parsed: object) -> None:
     assert parse_schedule(value) == parsed
+
+
+def test_max_image_pixels_takes_100_mp_photos_and_is_per_project() -> None:
+    assert Settings().training.max_image_pixels == 150_000_000
+    env = {
+        "LABELLOOP_TRAINING__MAX_IMAGE_PIXELS": "50000000",
+        "LABELLOOP_PROJECTS__3__MAX_IMAGE_PIXELS": "200000000",
+    }
+    settings = load_settings(ROOT / "settings.toml", environ=env)
+    assert settings.training.max_image_pixels == 50_000_000
+    assert settings.training_for(3).max_image_pixels == 200_000_000

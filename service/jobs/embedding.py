@@ -2,16 +2,27 @@
 
 Per task: a known image hash with a cached vector costs nothing, as long as the task's image URI
 is still the one that hash was fetched from (a changed URI is a new picture); otherwise the image is
-downloaded (concurrently), hashed, looked up again (the same picture in another task), and only
-then decoded and embedded in batches on a worker thread. A task whose image cannot be fetched or
-decoded is recorded with the reason and skipped; it never fails the job.
+downloaded, hashed, looked up again (the same picture in another task), and only then decoded and
+embedded. A task whose image cannot be fetched or decoded is recorded with the reason and skipped;
+it never fails the job.
+
+The stage is a pipeline, so that it runs at the speed of its slowest step rather than their sum:
+the next chunk downloads (a window of DOWNLOAD_CONCURRENCY) while this one's images decode on a
+pool of threads (Pillow releases the GIL) and the decoded ones go through the forward pass in
+batches. What is in flight is bounded by bytes, not by count: a chunk closes at CHUNK images or
+CHUNK_BYTES of downloaded bytes, at most one chunk waits while another is embedded, and the
+decoders hold at most DECODE_BYTES of decoded pixels (one image over it decodes alone). A chunk
+is one round trip to the database, as before; results (hashes, errors, cache rows, batches of the
+forward pass) are the same as decoding the chunk in turn.
 """
 
 import asyncio
+import concurrent.futures
+import contextlib
 import gc
 import logging
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,15 +30,23 @@ import torch
 
 from service.context import Services
 from service.labelstudio.errors import ImageDownloadError
-from service.vision.backbone import Backbone, BackboneSpec, resolve_device
+from service.vision.backbone import Backbone, BackboneSpec, resolve_device, thread_plan
+from service.vision.decoder import Decoder, torch_threads
 from service.vision.image_store import ImageStore
-from service.vision.images import ImageError, content_hash, decode_image, preprocess
+from service.vision.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    content_hash,
+    model_input,
+)
 from storage import embeddings, labels
 
 logger = logging.getLogger(__name__)
 
 DOWNLOAD_CONCURRENCY = 8
 CHUNK = 64  # images decoded and embedded per round trip to the database
+CHUNK_BYTES = 32 * 2**20  # ...or fewer: downloaded bytes a chunk holds (plus its last image's)
+DECODE_BYTES = 128 * 2**20  # decoded pixels held by the decoder threads together
 MAX_IMAGE_BYTES = 50 * 2**20
 KEEP_BACKBONES = 2  # the active version's and one candidate's (see Embedder)
 
@@ -75,7 +94,10 @@ class Embedder:
         spec: BackboneSpec,
         device: str,
         progress: Callable[[int, int], None],
+        *,
+        max_pixels: int,
     ) -> EmbedReport:
+        """``max_pixels``: [training] max_image_pixels, what an image may declare."""
         identity = spec.identity()
         report = EmbedReport()
         fetched_before = {t.id: t.image_hash for t in tasks if _still_valid(t, image_key)}
@@ -88,16 +110,24 @@ class Embedder:
             else:
                 missing.append(task)
         progress(report.cached, len(tasks))
-        semaphore = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)
-        for start in range(0, len(missing), CHUNK):
-            chunk = missing[start : start + CHUNK]
-            fetched = await asyncio.gather(
-                *(self._fetch(task, image_key, semaphore) for task in chunk)
-            )
-            await asyncio.to_thread(
-                self._embed_chunk, chunk, fetched, image_key, spec, device, report
-            )
-            progress(report.cached + report.embedded + report.failed, len(tasks))
+        if not missing:
+            return report
+        plan = thread_plan(resolve_device(device))
+        pool = concurrent.futures.ThreadPoolExecutor(plan.decode, "labelloop-decode")
+        decoder = Decoder(pool, spec.image_size, max_pixels, DECODE_BYTES)
+        ready: asyncio.Queue[_Chunk | None] = asyncio.Queue(maxsize=1)
+        feeder = asyncio.create_task(self._feed(missing, image_key, identity, decoder, ready))
+        try:
+            with torch_threads(plan.torch):
+                while (chunk := await _next(ready, feeder)) is not None:
+                    await self._embed_chunk(chunk, image_key, spec, device, report)
+                    progress(report.cached + report.embedded + report.failed, len(tasks))
+            await feeder
+        finally:
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder
+            pool.shutdown(wait=False, cancel_futures=True)  # a decode under way finishes alone
         return report
 
     async def load_images(
@@ -106,6 +136,8 @@ class Embedder:
         image_key: str,
         store: ImageStore,
         progress: Callable[[int, int], None],
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> dict[int, int]:
         """Preprocessed images of ``tasks`` written into ``store`` (fine-tuning needs pixels,
         not embeddings), a chunk at a time: memory holds one chunk, the store the rest.
@@ -118,7 +150,7 @@ class Embedder:
             fetched = await asyncio.gather(
                 *(self._fetch(task, image_key, semaphore) for task in chunk)
             )
-            decoded = await asyncio.to_thread(_decode_all, fetched, store.size)
+            decoded = await asyncio.to_thread(_decode_all, fetched, store.size, max_pixels)
             del fetched
             errors = {t.id: d for t, d in zip(chunk, decoded, strict=True) if isinstance(d, str)}
             good = [
@@ -146,16 +178,68 @@ class Embedder:
                 self.services.metrics.label_studio_error(exc)
                 return f"download failed: {exc.reason}"
 
-    def _embed_chunk(
+    async def _feed(
         self,
-        chunk: Sequence[Any],
-        fetched: Sequence[bytes | str],
+        tasks: Sequence[Any],
         image_key: str,
-        spec: BackboneSpec,
-        device: str,
-        report: EmbedReport,
+        identity: str,
+        decoder: Decoder,
+        ready: "asyncio.Queue[_Chunk | None]",
     ) -> None:
-        identity = spec.identity()
+        """Download, hash and look up chunk after chunk; start decoding what is not cached."""
+        async with contextlib.aclosing(self._download(tasks, image_key)) as downloaded:
+            async for chunk, fetched in downloaded:
+                found = await asyncio.to_thread(self._lookup, chunk, fetched, identity)
+                hashes, errors, cached = found
+                pending: dict[str, concurrent.futures.Future[torch.Tensor | str]] = {}
+                for task, data in zip(chunk, fetched, strict=True):
+                    digest = hashes.get(task.id)
+                    if digest is None or digest in cached or digest in pending:
+                        continue
+                    assert isinstance(data, bytes)
+                    pending[digest] = decoder.submit(data)
+                del fetched  # the decoders hold what they still need
+                await ready.put(_Chunk(chunk, hashes, errors, cached, pending))
+        await ready.put(None)
+
+    async def _download(
+        self, tasks: Sequence[Any], image_key: str
+    ) -> AsyncGenerator[tuple[list[Any], list[bytes | str]], None]:
+        """Chunks of (tasks, bytes or reason), in task order, downloading a window ahead."""
+        semaphore = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)
+        upcoming = iter(tasks)
+        window: deque[tuple[Any, asyncio.Task[bytes | str]]] = deque()
+
+        def start_next() -> None:
+            task = next(upcoming, None)
+            if task is not None:
+                fetch = self._fetch(task, image_key, semaphore)
+                window.append((task, asyncio.create_task(fetch)))
+
+        for _ in range(DOWNLOAD_CONCURRENCY):
+            start_next()
+        chunk: list[Any] = []
+        fetched: list[bytes | str] = []
+        held = 0
+        try:
+            while window:
+                task, download = window.popleft()
+                data = await download
+                start_next()
+                chunk.append(task)
+                fetched.append(data)
+                held += len(data) if isinstance(data, bytes) else 0
+                if len(chunk) == CHUNK or held >= CHUNK_BYTES or not window:
+                    yield chunk, fetched
+                    chunk, fetched, held = [], [], 0
+        finally:
+            for _, download in window:
+                download.cancel()
+
+    def _lookup(
+        self, chunk: Sequence[Any], fetched: Sequence[bytes | str], identity: str
+    ) -> tuple[dict[int, str], dict[int, str], dict[str, bytes]]:
+        """Per task its image's hash or why there is none; the vectors already cached."""
         hashes: dict[int, str] = {}
         errors: dict[int, str] = {}
         for task, data in zip(chunk, fetched, strict=True):
@@ -165,26 +249,62 @@ class Embedder:
                 hashes[task.id] = content_hash(data)
         with self.services.engine.begin() as conn:
             cached = embeddings.get_many(conn, hashes.values(), identity)
-        pending: dict[str, torch.Tensor] = {}
-        for task, data in zip(chunk, fetched, strict=True):
-            digest = hashes.get(task.id)
-            if digest is None or digest in cached or digest in pending:
-                continue
-            image = _decode(data, spec.image_size)
-            if isinstance(image, str):
-                errors[task.id] = image
-            else:
-                pending[digest] = image
+        return hashes, errors, cached
+
+    async def _embed_chunk(
+        self,
+        chunk: "_Chunk",
+        image_key: str,
+        spec: BackboneSpec,
+        device: str,
+        report: EmbedReport,
+    ) -> None:
+        """Forward the chunk's images in batches as they are decoded; store; report."""
+        identity = spec.identity()
         new: dict[str, bytes] = {}
-        if pending:
-            backbone = self.backbone(spec, device)
-            vectors = backbone.embed(list(pending.values()))
-            new = {h: _bytes(v) for h, v in zip(pending, vectors, strict=True)}
+        failed: dict[str, str] = {}
+        if chunk.pending:
+            backbone = await asyncio.to_thread(self.backbone, spec, device)
+            batch: dict[str, torch.Tensor] = {}
+            last = next(reversed(chunk.pending))
+            for digest, decoding in chunk.pending.items():
+                image = await asyncio.wrap_future(decoding)
+                if isinstance(image, str):
+                    failed[digest] = image
+                else:
+                    batch[digest] = image
+                if batch and (len(batch) == backbone.batch_size or digest == last):
+                    vectors = await asyncio.to_thread(backbone.embed, list(batch.values()))
+                    new.update({h: _bytes(v) for h, v in zip(batch, vectors, strict=True)})
+                    batch = {}
             report.forward_passes += len(new)
+        errors = dict(chunk.errors)
+        for task in chunk.tasks:
+            hashed = chunk.hashes.get(task.id)
+            if hashed in failed:  # every task of that picture: the same reason
+                errors[task.id] = failed[hashed]
+        await asyncio.to_thread(self._store, chunk, new, errors, identity, image_key)
+        for task in chunk.tasks:
+            if task.id in errors:
+                report.failed += 1
+                logger.info("task %d skipped: %s", task.id, errors[task.id])
+                continue
+            digest = chunk.hashes[task.id]
+            report.vectors[task.id] = _vector(chunk.cached.get(digest) or new[digest])
+            report.embedded += 1
+
+    def _store(
+        self,
+        chunk: "_Chunk",
+        new: dict[str, bytes],
+        errors: dict[int, str],
+        identity: str,
+        image_key: str,
+    ) -> None:
         with self.services.engine.begin() as conn:
             embeddings.put_many(conn, new, identity, next(iter(_dims(new)), 0))
-            for task in chunk:
-                digest = hashes.get(task.id)
+            for task in chunk.tasks:
+                digest = chunk.hashes.get(task.id)
                 ok = digest is not None and task.id not in errors
                 labels.set_task_image(
                     conn,
@@ -193,14 +313,6 @@ class Embedder:
                     error=errors.get(task.id),
                     uri=image_uri(task, image_key),
                 )
-        for task in chunk:
-            if task.id in errors:
-                report.failed += 1
-                logger.info("task %d skipped: %s", task.id, errors[task.id])
-                continue
-            digest = hashes[task.id]
-            report.vectors[task.id] = _vector(cached.get(digest) or new[digest])
-            report.embedded += 1
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         def run() -> Any:
@@ -228,18 +340,43 @@ def _still_valid(task: Any, image_key: str) -> bool:
     return bool(task.image_hash) and task.image_uri == image_uri(task, image_key)
 
 
-def _decode(data: bytes | str, size: int) -> torch.Tensor | str:
+async def _next(
+    ready: "asyncio.Queue[_Chunk | None]", feeder: "asyncio.Task[None]"
+) -> "_Chunk | None":
+    """The next chunk, None after the last; what stopped the feeder, if it failed."""
+    getting = asyncio.ensure_future(ready.get())
+    await asyncio.wait({getting, feeder}, return_when=asyncio.FIRST_COMPLETED)
+    if not getting.done() and not feeder.cancelled() and feeder.exception() is not None:
+        getting.cancel()
+        feeder.result()  # raises it
+    return await getting
+
+
+@dataclass
+class _Chunk:
+    """One round trip's tasks on their way from download to the database."""
+
+    tasks: list[Any]
+    hashes: dict[int, str]  # task id -> image hash, for the tasks whose image was downloaded
+    errors: dict[int, str]  # task id -> why its image could not be downloaded
+    cached: dict[str, bytes]  # hash -> vector found in the cache
+    pending: dict[str, "concurrent.futures.Future[torch.Tensor | str]"]  # hash -> decoding
+
+
+def _decode(data: bytes | str, size: int, max_pixels: int) -> torch.Tensor | str:
     """A preprocessed image, or the reason there is none."""
     if isinstance(data, str):
         return data
     try:
-        return preprocess(decode_image(data), size)
+        return model_input(data, size, max_pixels=max_pixels)
     except ImageError as exc:
         return f"not decodable: {exc.reason}"
 
 
-def _decode_all(fetched: Sequence[bytes | str], size: int) -> list[torch.Tensor | str]:
-    return [_decode(data, size) for data in fetched]
+def _decode_all(
+    fetched: Sequence[bytes | str], size: int, max_pixels: int
+) -> list[torch.Tensor | str]:
+    return [_decode(data, size, max_pixels) for data in fetched]
 
 
 def _store_all(store: ImageStore, images: Sequence[tuple[int, torch.Tensor]]) -> dict[int, int]:

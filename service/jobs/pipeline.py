@@ -171,7 +171,11 @@ class Pipeline:
         # On disk for the job's length only: deleted when it ends, fails or is cancelled.
         with ImageStore(len(labeled), spec.image_size) as store:
             rows = await self.embedder.load_images(
-                labeled, snapshot.project.image_key, store, _stage(progress, "loading images")
+                labeled,
+                snapshot.project.image_key,
+                store,
+                _stage(progress, "loading images"),
+                max_pixels=settings.max_image_pixels,
             )
             ids = [tid for tid in snapshot.labeled if tid in rows]
             y = [snapshot.labeled[tid] for tid in ids]
@@ -217,7 +221,12 @@ class Pipeline:
         progress: dict[str, Any],
     ) -> EmbedReport:
         report = await self.embedder.embed_tasks(
-            tasks, snapshot.project.image_key, spec, settings.device, _stage(progress, "embedding")
+            tasks,
+            snapshot.project.image_key,
+            spec,
+            settings.device,
+            _stage(progress, "embedding"),
+            max_pixels=settings.max_image_pixels,
         )
         self.services.metrics.embedded(report.forward_passes)
         progress["images"] = {

@@ -37,10 +37,15 @@ class Predictor:
         await run_in_threadpool(self._save_tasks, project_id, tasks)
         rows = await run_in_threadpool(self._rows, ids)
         spec = version_spec(version)
-        device = self.services.settings.training_for(project_id).device
+        training = self.services.settings.training_for(project_id)
         async with self._lock:
             report = await self.embedder.embed_tasks(
-                rows, project.image_key, spec, device, lambda done, total: None
+                rows,
+                project.image_key,
+                spec,
+                training.device,
+                lambda done, total: None,
+                max_pixels=training.max_image_pixels,
             )
         head = Head.from_bytes(version.head)
         results: list[dict[str, Any]] = []

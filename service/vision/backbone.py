@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,39 @@ def resolve_device(name: str) -> torch.device:
     if prefix == "cuda" and index.isdigit():
         return torch.device("cuda", int(index))
     raise ValueError(f'unknown device {name!r}; expected "auto", "cpu", "cuda" or "cuda:N"')
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How the embedding stage shares the CPU: torch's intra-op threads run the forward pass,
+    decoder threads decode and preprocess the next images meanwhile."""
+
+    torch: int
+    decode: int
+
+
+def thread_plan(device: torch.device, cores: int | None = None) -> ThreadPlan:
+    """On the CPU, half the cores decode and the rest run the forward pass (2 cores: one each).
+
+    Decoding a camera photo at reduced scale plus its preprocessing costs about as much CPU as
+    ResNet18's forward pass of it, so an even split keeps both stages busy; giving torch every
+    core instead makes its threads contend with the decoders, and an OpenMP region runs at the
+    pace of its slowest, preempted, thread. On a GPU the forward pass costs the CPU little:
+    every core decodes, and torch keeps its threads.
+    """
+    cores = cores or available_cores()
+    if device.type == "cpu":
+        decode = max(1, cores // 2)
+        return ThreadPlan(torch=max(1, cores - decode), decode=decode)
+    return ThreadPlan(torch=torch.get_num_threads(), decode=cores)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def build_resnet(spec: BackboneSpec) -> nn.Module:
