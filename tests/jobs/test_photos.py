@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 
 import service.jobs.embedding
 from service.context import Services, open_services
+from service.jobs.catchup import learn
 from service.jobs.embedding import Embedder
 from service.jobs.worker import Worker
 from service.settings import DatabaseSettings, LabelStudioSettings, Settings, TrainingSettings
@@ -122,7 +123,8 @@ async def test_the_setting_reaches_the_decode_through_the_worker(
     small_limit: Services, fake: FakeLabelStudio
 ) -> None:
     fake.add_task(13, jpeg(1250, 1000))
-    annotate(small_limit, *first_six())
+    await learn(small_limit, fake.project_id)  # its TASKS_CREATED webhook, in effect
+    annotate(small_limit, *first_six(), fake=fake)
 
     assert await Worker(small_limit).run_until_idle() == 1
 
