@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"labelloop: invalid settings: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.server.log_format)
+    configure_logging(settings.server.log_format, secrets=settings.secrets())
     command: Any = args.command
     try:
         return int(command(settings, args))

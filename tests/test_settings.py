@@ -27,7 +27,15 @@ def test_every_setting_is_documented_in_settings_toml_and_readme() -> None:
     for section, table in documented.items():
         for key in table:
             assert f"{section}.{key}" in readme, f"{section}.{key} missing from README"
-    for section in ("server", "database", "label_studio", "webhook", "worker", "training"):
+    for section in (
+        "server",
+        "database",
+        "label_studio",
+        "webhook",
+        "images",
+        "worker",
+        "training",
+    ):
         defaults = getattr(Settings(), section)
         for key in vars(defaults):
             if key != "max_body_bytes":
