@@ -52,7 +52,14 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     upgrade(settings.database.url)
     app = create_app(settings, run_worker=not args.no_worker, writer_process=True)
     uvicorn.run(
-        app, host=settings.server.host, port=settings.server.port, access_log=False, log_config=None
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        access_log=False,
+        log_config=None,
+        # The same proxies the session cookie's Secure flag believes (service.web.session).
+        proxy_headers=True,
+        forwarded_allow_ips=settings.server.forwarded_allow_ips,
     )
     return 0
 
