@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"labelloop: invalid settings: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.server.log_format)
+    configure_logging(settings.server.log_format, secrets=settings.secrets())
     command: Any = args.command
     try:
         return int(command(settings, args))
@@ -52,7 +52,14 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     upgrade(settings.database.url)
     app = create_app(settings, run_worker=not args.no_worker, writer_process=True)
     uvicorn.run(
-        app, host=settings.server.host, port=settings.server.port, access_log=False, log_config=None
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        access_log=False,
+        log_config=None,
+        # The same proxies the session cookie's Secure flag believes (service.web.session).
+        proxy_headers=True,
+        forwarded_allow_ips=settings.server.forwarded_allow_ips,
     )
     return 0
 

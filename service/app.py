@@ -96,9 +96,11 @@ def create_app(
 
     routes = [
         Route("/", page.status_page, methods=["GET"]),
+        Route("/login", page.login, methods=["POST"]),
+        Route("/logout", page.logout, methods=["POST"]),
         Route("/webhook", webhook, methods=["POST"]),
         Route("/health", control.health, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),  # open, like /health
+        Route("/metrics", metrics_endpoint, methods=["GET"]),  # open unless metrics_token
         Route("/projects", control.list_projects, methods=["GET"]),
         Route("/projects/{project_id:int}", control.get_project, methods=["GET"]),
         Route("/projects/{project_id:int}/train", control.train, methods=["POST"]),

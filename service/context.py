@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from service.ingest.eventlog import EventWriter
 from service.ingest.writer_client import WriterProcess
 from service.labelstudio.client import LabelStudio
+from service.labelstudio.image_fetch import Resolve, resolve_host
 from service.settings import Settings
 from service.web.metrics import Metrics
 from storage.db import create_engine
@@ -59,15 +60,22 @@ async def open_services(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     writer_process: bool = False,
+    resolve: Resolve = resolve_host,
 ) -> AsyncIterator[Services]:
-    """The database engine and the Label Studio client; ``transport`` fakes the network.
+    """The database engine and the Label Studio client; ``transport`` fakes the network and
+    ``resolve`` the name lookups of the image fetch policy.
 
     With ``writer_process`` webhooks are stored and folded by a child process (started and
     stopped by the caller: ``event_writer.start()``/``run()``/``stop()``); else in-process.
     """
     engine = create_engine(settings.database.url)
     label_studio = LabelStudio(
-        settings.label_studio.url, settings.label_studio.api_key, transport=transport
+        settings.label_studio.url,
+        settings.label_studio.api_key,
+        transport=transport,
+        image_timeout=settings.images.timeout,
+        allow_private_images=settings.images.allow_private,
+        resolve=resolve,
     )
     write_lock = asyncio.Lock()
     events_arrived, jobs_queued = asyncio.Event(), asyncio.Event()

@@ -1,5 +1,9 @@
 """Logging for people and for machines: text or one JSON object per line, with request ids.
 
+Every line passes ``service.redact`` on its way out, whichever logger made it (httpx and
+uvicorn included), so no signed URL, token or configured secret reaches a log. httpx's
+per-request INFO lines are turned off: one line per image is noise, not information.
+
 Every HTTP request gets an id (the caller's ``X-Request-ID`` when it sends a sane one, else a
 new one), echoed in the answer's header and attached to every log record made while serving
 it, so one webhook can be followed through the log.
@@ -11,14 +15,18 @@ import json
 import logging
 import re
 import secrets
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.redact import Redactor
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SANE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+QUIET_LOGGERS = ("httpx", "httpcore")  # one INFO line per request: warnings only
 
 
 class RequestIdFilter(logging.Filter):
@@ -27,29 +35,56 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT``, traceback included, redacted."""
+
+    def __init__(self, redact: Redactor) -> None:
+        super().__init__(TEXT_FORMAT)
+        self.redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redact(super().format(record))
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; message and traceback redacted."""
+
+    def __init__(self, redact: Redactor | None = None) -> None:
+        super().__init__()
+        self.redact = redact or Redactor()
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": self.redact(record.getMessage()),
             "request_id": getattr(record, "request_id", "-"),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = self.redact(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(log_format: str, level: int = logging.INFO) -> None:
-    """Root logging for the CLI: ``text`` (the default) or ``json``."""
-    handler = logging.StreamHandler()
+def configure_logging(
+    log_format: str,
+    level: int = logging.INFO,
+    *,
+    secrets: Iterable[str] = (),
+    stream: IO[str] | None = None,
+) -> None:
+    """Root logging for the CLI: ``text`` (the default) or ``json``, with ``secrets`` (the
+    configured API key, tokens, webhook secret) and recognisable credentials redacted."""
+    handler = logging.StreamHandler(stream)
     handler.addFilter(RequestIdFilter())
-    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    redact = Redactor(secrets)
+    formatter = JsonFormatter(redact) if log_format == "json" else TextFormatter(redact)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 class RequestIdMiddleware:

@@ -8,6 +8,7 @@ environment. Every problem is reported as a ``SettingsError`` that names the key
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 ENV_PREFIX = "LABELLOOP_"
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
@@ -33,6 +35,11 @@ class ServerSettings:
     port: int = 9090
     api_token: str = field(default="", repr=False)
     log_format: str = "text"  # or "json": one object per line
+    # Bearer token for GET /metrics; empty = open (Prometheus' habit; it holds no secrets).
+    metrics_token: str = field(default="", repr=False)
+    # Proxies (comma-separated IPs, or "*") whose X-Forwarded-Proto/-For are believed: behind a
+    # TLS-terminating proxy the status page's cookie is then marked Secure.
+    forwarded_allow_ips: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,15 @@ class WebhookSettings:
     url: str = "http://localhost:9090/webhook"
     secret: str = field(default="", repr=False)
     max_body_bytes: int = 5 * 2**20
+
+
+@dataclass(frozen=True)
+class ImagesSettings:
+    # Seconds one image may take in all (every redirect, every byte), not per read.
+    timeout: float = 30.0
+    # Fetch images from loopback and private addresses other than Label Studio's own. Off:
+    # whoever can import tasks could otherwise make labelloop GET internal services.
+    allow_private: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,7 @@ class Settings:
     database: DatabaseSettings = DatabaseSettings()
     label_studio: LabelStudioSettings = LabelStudioSettings()
     webhook: WebhookSettings = WebhookSettings()
+    images: ImagesSettings = ImagesSettings()
     worker: WorkerSettings = WorkerSettings()
     training: TrainingSettings = TrainingSettings()
     # Per-project overrides of [training], keyed by Label Studio project id.
@@ -101,12 +118,24 @@ class Settings:
     def training_for(self, project_id: int) -> TrainingSettings:
         return self.projects.get(project_id, self.training)
 
+    def secrets(self) -> tuple[str, ...]:
+        """Every configured secret value (what logs must never show)."""
+        values = (
+            self.label_studio.api_key,
+            self.server.api_token,
+            self.server.metrics_token,
+            self.webhook.secret,
+            *_url_passwords(self.database.url),
+        )
+        return tuple(v for v in values if v)
+
 
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerSettings,
     "database": DatabaseSettings,
     "label_studio": LabelStudioSettings,
     "webhook": WebhookSettings,
+    "images": ImagesSettings,
     "worker": WorkerSettings,
     "training": TrainingSettings,
 }
@@ -196,6 +225,12 @@ def _build(raw: dict[str, Any]) -> Settings:
         raise SettingsError("worker.max_attempts: must be between 1 and 100")
     if not sections["database"].url:
         raise SettingsError("database.url: must not be empty")
+    if not 0.1 <= sections["images"].timeout <= 3600:
+        raise SettingsError("images.timeout: must be between 0.1 and 3600 seconds")
+    try:
+        trusted_proxies(sections["server"].forwarded_allow_ips)
+    except ValueError as exc:
+        raise SettingsError(f"server.forwarded_allow_ips: {exc}") from None
     return Settings(**sections, projects=projects)
 
 
@@ -212,6 +247,12 @@ def _section(name: str, cls: type[Any], table: Any, base: Any) -> Any:
 
 
 def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+            return _BOOLEANS[value.strip().lower()]
+        raise SettingsError(f"{key}: expected true or false, got {_describe(value)}")
     if kind is int:
         if isinstance(value, bool):
             raise SettingsError(f"{key}: expected an integer, got {value!r}")
@@ -233,7 +274,30 @@ def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
         if isinstance(value, str):
             return value
         raise SettingsError(f"{key}: expected a string, got {_describe(value)}")
-    raise SettingsError(f"{key}: unsupported type")  # pragma: no cover - fields are int/float/str
+    raise SettingsError(f"{key}: unsupported type")  # pragma: no cover - known types only
+
+
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def trusted_proxies(value: str) -> frozenset[str] | None:
+    """``forwarded_allow_ips`` as a set of addresses; None means every address ("*")."""
+    items = {item.strip() for item in value.split(",") if item.strip()}
+    if "*" in items:
+        return None
+    for item in items:
+        ipaddress.ip_address(item)  # ValueError names the bad one
+    return frozenset(items)
+
+
+def _url_passwords(url: str) -> tuple[str, ...]:
+    """The password in a database URL (``postgresql://user:secret@host/db``), as written and
+    decoded; empty when there is none."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return ()
+    return (password, unquote(password)) if password else ()
 
 
 def _describe(value: Any) -> str:

@@ -27,7 +27,15 @@ def test_every_setting_is_documented_in_settings_toml_and_readme() -> None:
     for section, table in documented.items():
         for key in table:
             assert f"{section}.{key}" in readme, f"{section}.{key} missing from README"
-    for section in ("server", "database", "label_studio", "webhook", "worker", "training"):
+    for section in (
+        "server",
+        "database",
+        "label_studio",
+        "webhook",
+        "images",
+        "worker",
+        "training",
+    ):
         defaults = getattr(Settings(), section)
         for key in vars(defaults):
             if key != "max_body_bytes":
@@ -77,6 +85,10 @@ def test_config_chosen_by_environment(tmp_path: Path) -> None:
         ("[training]\nmax_image_pixels = 100\n", {}, "training.max_image_pixels"),
         ('[training]\nmax_image_pixels = "big"\n', {}, "training.max_image_pixels"),
         ("[server\n", {}, "invalid TOML"),
+        ('[images]\nallow_private = "maybe"\n', {}, "images.allow_private"),
+        ("", {"LABELLOOP_IMAGES__ALLOW_PRIVATE": "sure"}, "images.allow_private"),
+        ("[images]\ntimeout = 0\n", {}, "images.timeout"),
+        ('[server]\nforwarded_allow_ips = "10.0.0.1, proxy"\n', {}, "server.forwarded_allow_ips"),
     ],
 )
 def test_invalid_settings_name_the_key(
@@ -91,12 +103,34 @@ def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.toml", environ={})
 
 
+@pytest.mark.parametrize(("value", "parsed"), [("true", True), ("0", False), ("No", False)])
+def test_booleans_from_the_environment(value: str, parsed: bool) -> None:
+    settings = load_settings(environ={"LABELLOOP_IMAGES__ALLOW_PRIVATE": value})
+    assert settings.images.allow_private is parsed
+
+
+def test_every_configured_secret_is_known_for_redaction() -> None:
+    settings = load_settings(
+        environ={
+            "LABELLOOP_SERVER__API_TOKEN": "tok-123456",
+            "LABELLOOP_SERVER__METRICS_TOKEN": "met-123456",
+            "LABELLOOP_LABEL_STUDIO__API_KEY": "key-123456",
+            "LABELLOOP_WEBHOOK__SECRET": "sec-123456",
+            "LABELLOOP_DATABASE__URL": "postgresql+psycopg://me:p%40ss-123456@db/labelloop",
+        }
+    )
+    assert set(settings.secrets()) == {
+        "tok-123456", "met-123456", "key-123456", "sec-123456", "p%40ss-123456", "p@ss-123456"
+    }  # fmt: skip
+
+
 def test_secrets_stay_out_of_repr() -> None:
     settings = load_settings(
         environ={
             "LABELLOOP_SERVER__API_TOKEN": "tok-123456",
             "LABELLOOP_LABEL_STUDIO__API_KEY": "key-123456",
             "LABELLOOP_WEBHOOK__SECRET": "sec-123456",
+            "LABELLOOP_SERVER__METRICS_TOKEN": "met-123456",
             "LABELLOOP_CONFIG": str(ROOT / "settings.toml"),
         }
     )

@@ -206,7 +206,7 @@ def serve(in_fd: int, out_fd: int) -> None:
     if kind != frames.SETTINGS:
         raise SystemExit(f"writer: first frame must be the settings, not {kind!r}")
     settings = frames.read_settings(payload)
-    configure_logging(settings.server.log_format)
+    configure_logging(settings.server.log_format, secrets=settings.secrets())
     engine = create_engine(settings.database.url, checkpoint_apart=True)
     writer = Writer(engine, settings, out_fd)
     checkpointer = None

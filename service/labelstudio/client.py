@@ -19,11 +19,10 @@ from service.labelstudio.errors import (
     ImageDownloadError,
     LabelStudioError,
     LabelStudioHTTPError,
-    LabelStudioUnavailable,
-    Unsendable,
     WebhookRefused,
 )
-from service.labelstudio.media import image_target, read_capped, shown
+from service.labelstudio.image_fetch import ImageFetcher, Resolve, resolve_host
+from service.labelstudio.media import image_target, shown
 from service.labelstudio.predictions import PredictionsAPI
 from service.labelstudio.transport import Transport
 
@@ -77,7 +76,12 @@ class LabelStudio(PredictionsAPI):
         retries: int = 3,
         backoff: float = 0.5,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        image_timeout: float = 30.0,
+        allow_private_images: bool = False,
+        resolve: Resolve = resolve_host,
     ) -> None:
+        """``image_timeout``, ``allow_private_images``: the image fetch policy's settings
+        (``[images]``); ``resolve`` looks host names up (tests fake it with ``transport``)."""
         self._http = Transport(
             url,
             api_key,
@@ -86,6 +90,9 @@ class LabelStudio(PredictionsAPI):
             retries=retries,
             backoff=backoff,
             sleep=sleep,
+        )
+        self._images = ImageFetcher(
+            self._http, timeout=image_timeout, allow_private=allow_private_images, resolve=resolve
         )
 
     def __repr__(self) -> str:
@@ -208,30 +215,11 @@ class LabelStudio(PredictionsAPI):
     async def download_image(
         self, uri: str, *, task_id: int | None = None, max_bytes: int = 50 * 2**20
     ) -> bytes:
-        """The bytes of an image named in a task's data, at most ``max_bytes`` of them.
-
-        Label Studio's own URLs get the credentials; other hosts never do (httpx also drops
-        them when a redirect leaves Label Studio's origin).
-        """
+        """The bytes of an image named in a task's data, at most ``max_bytes`` of them, under
+        the image fetch policy (``image_fetch``): Label Studio's credentials only for its own
+        media paths, no internal addresses, one deadline for the whole download."""
         try:
-            url, auth = image_target(self._http.base_url, uri, task_id)
+            url, _ = image_target(self._http.base_url, uri, task_id)
         except httpx.InvalidURL:
             raise ImageDownloadError("invalid url") from None
-        where = f"GET {shown(url)}"
-        try:
-            response = await self._http.send(
-                "GET", url, where, auth=auth, stream=True, follow_redirects=True
-            )
-        except LabelStudioUnavailable as exc:
-            reason = str(exc).removeprefix(f"{where}: ")
-            raise ImageDownloadError(f"unavailable: {reason}", where) from None
-        except Unsendable as exc:
-            raise ImageDownloadError(str(exc).removeprefix(f"{where}: "), where) from None
-        try:
-            return await read_capped(response, max_bytes, where)
-        except httpx.TimeoutException:
-            raise ImageDownloadError("timeout", where) from None
-        except httpx.TransportError as exc:
-            raise ImageDownloadError(f"unavailable: {type(exc).__name__}", where) from None
-        finally:
-            await response.aclose()
+        return await self._images.fetch(url, max_bytes=max_bytes)

@@ -29,6 +29,7 @@ from service.labelstudio.errors import (
     LabelStudioUnavailable,
     WebhookRefused,
 )
+from service.web.auth import bearer_allowed
 from storage import jobs as job_rows
 from storage.db import reading
 from storage.tables import jobs
@@ -187,8 +188,17 @@ def error_kind(error: BaseException) -> str:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    """GET /metrics: Prometheus text format. Open, like /health: it holds counts, no data."""
-    metrics: Metrics = request.app.state.services.metrics
+    """GET /metrics: Prometheus text format. Open by default, like /health (it holds counts, no
+    data); with ``server.metrics_token`` set, only for that Bearer token."""
+    services = request.app.state.services
+    token = services.settings.server.metrics_token
+    if token and not bearer_allowed(request, token):
+        return Response(
+            "metrics need the Bearer token server.metrics_token\n",
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
+    metrics: Metrics = services.metrics
     accept = request.headers.get("accept", "")
     body, content_type = await run_in_threadpool(metrics.exposition, accept)
     return Response(body, headers={"Content-Type": content_type})

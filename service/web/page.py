@@ -1,9 +1,11 @@
 """GET /: the status page, one server-rendered HTML document (no scripts, nothing fetched).
 
-When ``server.api_token`` is set the page asks for it once: ``/?token=...`` with the right token
-stores it in an HttpOnly, SameSite=Strict cookie and redirects to ``/``; without that cookie (or
-a Bearer header) the answer is a small sign-in form with 401. With an empty token it is open.
-The HTML itself is made by ``service.web.page_html``.
+When ``server.api_token`` is set the page asks for it once: the sign-in form POSTs it to
+``/login``, which sets a signed session cookie (``service.web.session``: not the token itself)
+and redirects to ``/``; ``POST /logout`` clears it. Scripts may still send a Bearer header, or
+``/?token=...``, which signs in the same way and redirects to ``/`` so the token leaves the
+address bar and the history. Without either the answer is the sign-in form with 401. With an
+empty token the page is open. The HTML itself is made by ``service.web.page_html``.
 """
 
 import hmac
@@ -15,13 +17,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from service.context import Services
-from service.web import page_html, status
+from service.web import page_html, session, status
 from service.web.auth import bearer_allowed
 from storage import labels, models
 from storage.db import reading
 
-COOKIE = "labelloop_token"
-COOKIE_MAX_AGE = 30 * 24 * 3600
 HEADERS = {
     "Cache-Control": "no-store",
     # No script may run, whatever a project title or an error message contains.
@@ -39,23 +39,38 @@ async def status_page(request: Request) -> Response:
     if token:
         given = request.query_params.get("token")
         if given is not None:
-            if not _same(given, token):
-                return _login("That token is not right.")
-            answer = RedirectResponse("/", status_code=303, headers=HEADERS)
-            answer.set_cookie(
-                COOKIE,
-                token,
-                max_age=COOKIE_MAX_AGE,
-                httponly=True,
-                samesite="strict",
-                secure=request.url.scheme == "https",
-            )
-            return answer
-        if not _same(request.cookies.get(COOKIE), token) and not bearer_allowed(request, token):
+            return _signed_in(request, services, given)
+        signed = session.valid(request.cookies.get(session.COOKIE), token)
+        if not signed and not bearer_allowed(request, token):
             return _login("")
     projects = await run_in_threadpool(gather, services)
-    html = page_html.render(projects, now=datetime.now(UTC))
+    html = page_html.render(projects, now=datetime.now(UTC), sign_out=bool(token))
     return HTMLResponse(html, headers=HEADERS)
+
+
+async def login(request: Request) -> Response:
+    """POST /login: the sign-in form's token; right, a session cookie and back to ``/``."""
+    services: Services = request.app.state.services
+    return _signed_in(request, services, await session.form_token(request))
+
+
+async def logout(request: Request) -> Response:
+    """POST /logout: forget this browser's session."""
+    services: Services = request.app.state.services
+    answer = RedirectResponse("/", status_code=303, headers=HEADERS)
+    session.sign_out(answer, request, services.settings.server.forwarded_allow_ips)
+    return answer
+
+
+def _signed_in(request: Request, services: Services, given: str | None) -> Response:
+    token = services.settings.server.api_token
+    if not token:
+        return RedirectResponse("/", status_code=303, headers=HEADERS)
+    if not _same(given, token):
+        return _login("That token is not right.")
+    answer = RedirectResponse("/", status_code=303, headers=HEADERS)
+    session.sign_in(answer, request, token, services.settings.server.forwarded_allow_ips)
+    return answer
 
 
 def gather(services: Services) -> list[dict[str, Any]]:

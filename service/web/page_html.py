@@ -55,16 +55,24 @@ form.login{max-width:380px;margin:80px auto;background:#fff;border:1px solid #e5
 border-radius:10px;padding:24px}
 form.login input{display:block;width:100%;padding:8px;margin:6px 0 14px;font:inherit}
 form.login button{padding:8px 16px;font:inherit}
+form.out{display:inline}form.out button{border:0;background:none;padding:0;color:inherit;
+text-decoration:underline;cursor:pointer;font:inherit}
 """
 
 
-def render(projects: list[dict[str, Any]], *, now: datetime) -> str:
-    """The whole page; it reloads itself every few seconds while a job waits or runs."""
+def render(projects: list[dict[str, Any]], *, now: datetime, sign_out: bool = False) -> str:
+    """The whole page; it reloads itself every few seconds while a job waits or runs.
+    ``sign_out``: the page is behind the sign-in form, so it offers to sign out."""
     busy = any(j["status"] in ("queued", "running") for p in projects for j in p["jobs"])
     refresh = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if busy else ""
     count = f"{len(projects)} project{'' if len(projects) == 1 else 's'}"
     nav = "".join(
         f'<a href="#project-{int(p["id"])}">{_e(p["title"] or p["id"])}</a>' for p in projects
+    )
+    out = (
+        ' · <form class="out" method="post" action="/logout"><button>sign out</button></form>'
+        if sign_out
+        else ""
     )
     body = "".join(_project(p) for p in projects) or (
         '<section class="project"><h2>No projects yet</h2><p>A project appears here after its '
@@ -76,17 +84,18 @@ def render(projects: list[dict[str, Any]], *, now: datetime) -> str:
         f"{refresh}<title>labelloop status</title><style>{CSS}</style></head><body>"
         f'<header class="top"><h1>labelloop</h1><nav>{nav}</nav>'
         f'<span class="end muted">{count} · {now:%Y-%m-%d %H:%M:%S} UTC · '
-        '<a href="/metrics">metrics</a></span></header>'
+        f'<a href="/metrics">metrics</a>{out}</span></header>'
         f"<main>{body}</main></body></html>"
     )
 
 
 def login(message: str) -> str:
-    """The sign-in form: one token field, sent with GET to ``/``."""
+    """The sign-in form: one token field, POSTed to ``/login`` (never in a URL)."""
     note = f'<p class="error">{_e(message)}</p>' if message else ""
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>labelloop: sign in'
-        f'</title><style>{CSS}</style></head><body><form class="login" method="get" action="/">'
+        f"</title><style>{CSS}</style></head><body>"
+        '<form class="login" method="post" action="/login">'
         '<h2>labelloop</h2><p class="muted">The status page needs the server\'s API token '
         "(<code>server.api_token</code>).</p>"
         f'{note}<label for="token">API token</label>'

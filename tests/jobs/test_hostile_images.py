@@ -30,6 +30,7 @@ from service.labelstudio.client import LabelStudio
 from service.settings import DatabaseSettings, LabelStudioSettings, Settings, TrainingSettings
 from service.web import status
 from storage import jobs, labels, models
+from tests.fake_dns import FakeDNS
 from tests.fake_labelstudio import BLUE, RED, TOKEN, FakeLabelStudio, annotate, color_image
 
 pytestmark = pytest.mark.anyio
@@ -215,7 +216,7 @@ async def services(
     async with open_services(settings, transport=fake.transport()) as services:
         default_client = services.label_studio
         services.label_studio = LabelStudio(
-            LS_URL, TOKEN, transport=fake.transport(), sleep=no_wait
+            LS_URL, TOKEN, transport=fake.transport(), sleep=no_wait, resolve=FakeDNS()
         )
         try:
             await learn(services, 1)  # registered: jobs read the tasks from the log

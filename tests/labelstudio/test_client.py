@@ -22,6 +22,7 @@ from service.labelstudio.errors import (
     WebhookRefused,
 )
 from service.labelstudio.predictions import WRITE_TIMEOUT
+from tests.fake_dns import FakeDNS
 
 pytestmark = pytest.mark.anyio
 
@@ -58,6 +59,7 @@ class Sleeps:
 
 def client(handler: Handler, key: str = LEGACY_KEY, **kwargs: Any) -> LabelStudio:
     kwargs.setdefault("sleep", Sleeps())
+    kwargs.setdefault("resolve", FakeDNS())
     return LabelStudio(BASE + "/", key, transport=httpx.MockTransport(handler), **kwargs)
 
 
@@ -628,7 +630,7 @@ async def test_download_redirect_loop_is_an_image_error() -> None:
     async with client(handler) as ls:
         with pytest.raises(ImageDownloadError) as caught:
             await ls.download_image("/data/upload/1/a.png")
-    assert caught.value.reason == "TooManyRedirects"
+    assert caught.value.reason == "more than 5 redirects"
 
 
 async def test_import_of_no_predictions_sends_nothing() -> None:

@@ -501,6 +501,42 @@ def test_ml_backend_endpoints(client: TestClient) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# the status page's sign-in
+# ---------------------------------------------------------------------------------------------
+
+login_bodies = st.one_of(
+    st.binary(max_size=6000),
+    st.builds(lambda t: f"token={quote(t)}".encode(), st.text(max_size=60)),
+    st.builds(lambda t: f"token={t}&token=x&a=%ZZ".encode(), st.text(max_size=20)),
+    st.just(f"token={TOKEN}".encode()),
+)
+
+
+def test_sign_in_routes(client: TestClient) -> None:
+    @FUZZ
+    @given(
+        path=st.sampled_from(["/login", "/logout"]),
+        body=login_bodies,
+        content_type=st.sampled_from(
+            ["application/x-www-form-urlencoded", "multipart/form-data", "text/plain", ""]
+        ),
+        proto=st.sampled_from(["", "https", "http, https", "\x00"]),
+    )
+    @example(path="/login", body=b"token=%ff%fe", content_type="", proto="")
+    def sign_in(path: str, body: bytes, content_type: str, proto: str) -> None:
+        headers = {"Content-Type": content_type, "X-Forwarded-Proto": proto}
+        answer = client.post(path, content=body, headers=headers, follow_redirects=False)
+        assert answer.status_code < 500, (path, body, answer.status_code)
+        if path == "/login" and answer.status_code == 303:
+            assert body == f"token={TOKEN}".encode() or f"token={TOKEN}".encode() in body
+            assert TOKEN not in answer.headers["set-cookie"]
+        elif path == "/login":
+            assert answer.status_code == 401 and "set-cookie" not in answer.headers
+
+    sign_in()
+
+
+# ---------------------------------------------------------------------------------------------
 # a deliberate database fault
 # ---------------------------------------------------------------------------------------------
 

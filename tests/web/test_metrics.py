@@ -45,11 +45,22 @@ FAMILIES = {
 }
 
 
-def app_with(metrics: Metrics) -> Starlette:
+def app_with(metrics: Metrics, metrics_token: str = "") -> Starlette:
     """The endpoint as the app mounts it: it reads ``app.state.services.metrics``."""
     app = Starlette(routes=[Route("/metrics", metrics_endpoint, methods=["GET"])])
-    app.state.services = SimpleNamespace(metrics=metrics)
+    settings = Settings(server=ServerSettings(metrics_token=metrics_token))
+    app.state.services = SimpleNamespace(metrics=metrics, settings=settings)
     return app
+
+
+def test_metrics_token_protects_the_endpoint_when_set(metrics: Metrics) -> None:
+    with TestClient(app_with(metrics, metrics_token="scrape-token-01")) as client:
+        refused = client.get("/metrics")
+        assert refused.status_code == 401 and "labelloop_jobs" not in refused.text
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert client.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
+        allowed = client.get("/metrics", headers={"Authorization": "Bearer scrape-token-01"})
+        assert allowed.status_code == 200 and "labelloop_jobs" in allowed.text
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.settings import DatabaseSettings, ServerSettings, Settings, TrainingSettings
-from service.web import page, page_html
+from service.web import page, page_html, session
 from storage import labels
 from storage.db import create_engine
 from tests import status_seed
@@ -39,9 +39,11 @@ def client(sqlite_url: str) -> Iterator[Client]:
     """``client(token=...)``: the app with the page's route, Label Studio answering 404."""
     with ExitStack() as stack:
 
-        def make(token: str = TOKEN) -> TestClient:
+        def make(
+            token: str = TOKEN, forwarded: str = "127.0.0.1", base: str = "http://labelloop.test"
+        ) -> TestClient:
             settings = Settings(
-                server=ServerSettings(api_token=token),
+                server=ServerSettings(api_token=token, forwarded_allow_ips=forwarded),
                 database=DatabaseSettings(url=sqlite_url),
                 training=TrainingSettings(threshold=50, weights="none"),
             )
@@ -49,7 +51,7 @@ def client(sqlite_url: str) -> Iterator[Client]:
             app = create_app(settings, run_worker=False, transport=transport)
             if not any(getattr(r, "path", None) == "/" for r in app.router.routes):
                 app.router.routes.append(Route("/", page.status_page, methods=["GET"]))
-            return stack.enter_context(TestClient(app, base_url="http://labelloop.test"))
+            return stack.enter_context(TestClient(app, base_url=base))
 
         yield make
 
@@ -94,16 +96,68 @@ def test_page_shows_versions_chart_confusion_jobs_and_failures(
     assert '<meta http-equiv="refresh"' in html  # a job is running
 
 
-def test_token_sets_a_strict_http_only_cookie_and_redirects(client: Client) -> None:
+@pytest.mark.parametrize("how", ["form", "query"])
+def test_token_gives_a_signed_session_cookie_not_the_token(client: Client, how: str) -> None:
     c = client()
-    answer = c.get(f"/?token={TOKEN}", follow_redirects=False)
+    if how == "form":
+        answer = c.post("/login", data={"token": TOKEN}, follow_redirects=False)
+    else:  # scripts' habit: still works, and the redirect takes the token out of the URL
+        answer = c.get(f"/?token={TOKEN}", follow_redirects=False)
     assert answer.status_code == 303
     assert answer.headers["location"] == "/"
     cookie = answer.headers["set-cookie"]
-    assert cookie.startswith(f"{page.COOKIE}={TOKEN};")
+    assert cookie.startswith(f"{session.COOKIE}=") and TOKEN not in cookie
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
     assert "Secure" not in cookie  # plain http: the browser would drop a Secure cookie
     assert c.get("/").status_code == 200  # the cookie alone now opens the page
+    assert 'action="/logout"' in c.get("/").text
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "base", "headers", "secure"),
+    [
+        ("127.0.0.1", "https://labelloop.test", {}, True),  # https to labelloop itself
+        ("*", "http://labelloop.test", {"X-Forwarded-Proto": "https"}, True),  # trusted proxy
+        ("127.0.0.1", "http://labelloop.test", {"X-Forwarded-Proto": "https"}, False),  # not
+        ("*", "http://labelloop.test", {"X-Forwarded-Proto": "http"}, False),
+        ("*", "http://labelloop.test", {}, False),
+    ],
+    ids=["https", "trusted-proxy", "untrusted-proxy", "proxy-says-http", "plain-http"],
+)
+def test_session_cookie_is_secure_over_https_and_behind_a_trusted_proxy(
+    client: Client, forwarded: str, base: str, headers: dict[str, str], secure: bool
+) -> None:
+    c = client(forwarded=forwarded, base=base)
+    answer = c.post("/login", data={"token": TOKEN}, headers=headers, follow_redirects=False)
+    assert answer.status_code == 303
+    assert ("Secure" in answer.headers["set-cookie"]) is secure
+
+
+def test_logout_forgets_the_session(client: Client) -> None:
+    c = signed_in(client)
+    assert c.get("/").status_code == 200
+    answer = c.post("/logout", follow_redirects=False)
+    assert answer.status_code == 303
+    assert answer.headers["set-cookie"].startswith(f'{session.COOKIE}=""')
+    assert c.get("/").status_code == 401
+
+
+def test_wrong_form_token_is_refused(client: Client) -> None:
+    c = client()
+    answer = c.post("/login", data={"token": "wrong"}, follow_redirects=False)
+    assert answer.status_code == 401 and "not right" in answer.text
+    assert "set-cookie" not in answer.headers
+    assert c.post("/login", content=b"x" * 10_000, follow_redirects=False).status_code == 401
+
+
+def test_session_cookie_is_bound_to_the_token_and_expires() -> None:
+    cookie = session.issue(TOKEN, now=1_000_000)
+    assert session.valid(cookie, TOKEN, now=1_000_001)
+    assert not session.valid(cookie, "another-token", now=1_000_001)  # a new token signs out
+    assert not session.valid(cookie, TOKEN, now=1_000_000 + session.MAX_AGE + 1)
+    expires, _, signature = cookie.partition(".")
+    assert not session.valid(f"{int(expires) + 10**6}.{signature}", TOKEN, now=1_000_001)
+    assert not session.valid(TOKEN, TOKEN) and not session.valid("", TOKEN)
 
 
 @pytest.mark.parametrize(
@@ -113,8 +167,9 @@ def test_token_sets_a_strict_http_only_cookie_and_redirects(client: Client) -> N
         ("?token=wrong", None, "not right"),
         ("?token=", None, "not right"),
         ("", "wrong", "needs the server"),
+        ("", TOKEN, "needs the server"),  # the raw token is not a session
     ],
-    ids=["nothing", "wrong-token", "empty-token", "wrong-cookie"],
+    ids=["nothing", "wrong-token", "empty-token", "wrong-cookie", "raw-token-cookie"],
 )
 def test_without_the_token_a_login_form_and_401(
     sqlite_url: str, client: Client, query: str, cookie: str | None, message: str
@@ -122,12 +177,12 @@ def test_without_the_token_a_login_form_and_401(
     seeded(sqlite_url)
     c = client()
     if cookie is not None:
-        c.cookies.set(page.COOKIE, cookie)
+        c.cookies.set(session.COOKIE, cookie)
     answer = c.get(f"/{query}", follow_redirects=False)
     assert answer.status_code == 401
     assert "set-cookie" not in answer.headers
     assert message in answer.text
-    assert '<form class="login" method="get" action="/">' in answer.text
+    assert '<form class="login" method="post" action="/login">' in answer.text
     assert 'name="token"' in answer.text
     assert "Garden birds" not in answer.text
 
