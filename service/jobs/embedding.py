@@ -19,9 +19,8 @@ forward pass) are the same as decoding the chunk in turn.
 import asyncio
 import concurrent.futures
 import contextlib
-import gc
 import logging
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,15 +28,12 @@ from typing import Any
 import torch
 
 from service.context import Services
+from service.jobs.backbones import BackboneCache
 from service.labelstudio.errors import ImageDownloadError
 from service.vision.backbone import Backbone, BackboneSpec, resolve_device, thread_plan
 from service.vision.decoder import Decoder, torch_threads
-from service.vision.image_store import ImageStore
 from service.vision.images import (
-    DEFAULT_MAX_PIXELS,
-    ImageError,
     content_hash,
-    model_input,
 )
 from storage import embeddings, labels
 
@@ -48,7 +44,6 @@ CHUNK = 64  # images decoded and embedded per round trip to the database
 CHUNK_BYTES = 32 * 2**20  # ...or fewer: downloaded bytes a chunk holds (plus its last image's)
 DECODE_BYTES = 128 * 2**20  # decoded pixels held by the decoder threads together
 MAX_IMAGE_BYTES = 50 * 2**20
-KEEP_BACKBONES = 2  # the active version's and one candidate's (see Embedder)
 
 
 @dataclass
@@ -61,31 +56,15 @@ class EmbedReport:
 
 
 class Embedder:
-    """Owns the loaded backbones: at most `KEEP_BACKBONES`, the most recently used.
-
-    What a process embeds with is the base backbone of `[training]` (head candidates, their
-    pushes) and the active version's (a push, /predict; a fine-tuned one after a promotion).
-    Kept by recent use, the two are the active and the one candidate; a third (a version
-    activated in between, a settings change) evicts the one used longest ago, and its memory
-    (the GPU's too) is freed instead of staying for the life of the worker.
-    """
+    """Embeds tasks' images with the loaded backbones (``service.jobs.backbones``: at most the
+    active one and one candidate); ``service.jobs.finetune_images`` loads pixels instead."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self._backbones: OrderedDict[str, Backbone] = OrderedDict()
+        self._backbones = BackboneCache()
 
     def backbone(self, spec: BackboneSpec, device: str) -> Backbone:
-        key = f"{spec.identity()}@{device}"
-        if key in self._backbones:
-            self._backbones.move_to_end(key)
-            return self._backbones[key]
-        while len(self._backbones) >= KEEP_BACKBONES:
-            _, evicted = self._backbones.popitem(last=False)
-            where = evicted.device
-            del evicted  # the last reference: its tensors can go
-            _free(where)
-        self._backbones[key] = Backbone(spec, resolve_device(device))
-        return self._backbones[key]
+        return self._backbones.load(spec, device)
 
     async def embed_tasks(
         self,
@@ -130,41 +109,7 @@ class Embedder:
             pool.shutdown(wait=False, cancel_futures=True)  # a decode under way finishes alone
         return report
 
-    async def load_images(
-        self,
-        tasks: Sequence[Any],
-        image_key: str,
-        store: ImageStore,
-        progress: Callable[[int, int], None],
-        *,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-    ) -> dict[int, int]:
-        """Preprocessed images of ``tasks`` written into ``store`` (fine-tuning needs pixels,
-        not embeddings), a chunk at a time: memory holds one chunk, the store the rest.
-        Returns each task's row; a task whose image fails is recorded with the reason and
-        left out."""
-        semaphore = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)
-        rows: dict[int, int] = {}
-        for start in range(0, len(tasks), CHUNK):
-            chunk = tasks[start : start + CHUNK]
-            fetched = await asyncio.gather(
-                *(self._fetch(task, image_key, semaphore) for task in chunk)
-            )
-            decoded = await asyncio.to_thread(_decode_all, fetched, store.size, max_pixels)
-            del fetched
-            errors = {t.id: d for t, d in zip(chunk, decoded, strict=True) if isinstance(d, str)}
-            good = [
-                (t.id, d) for t, d in zip(chunk, decoded, strict=True) if not isinstance(d, str)
-            ]
-            del decoded
-            rows.update(await asyncio.to_thread(_store_all, store, good))
-            del good
-            if errors:
-                await self._db(_record_errors, errors)
-            progress(start + len(chunk), len(tasks))
-        return rows
-
-    async def _fetch(self, task: Any, image_key: str, semaphore: asyncio.Semaphore) -> bytes | str:
+    async def fetch(self, task: Any, image_key: str, semaphore: asyncio.Semaphore) -> bytes | str:
         """The image bytes, or the reason they could not be had."""
         uri = image_uri(task, image_key)
         if uri is None:
@@ -213,7 +158,7 @@ class Embedder:
         def start_next() -> None:
             task = next(upcoming, None)
             if task is not None:
-                fetch = self._fetch(task, image_key, semaphore)
+                fetch = self.fetch(task, image_key, semaphore)
                 window.append((task, asyncio.create_task(fetch)))
 
         for _ in range(DOWNLOAD_CONCURRENCY):
@@ -322,13 +267,6 @@ class Embedder:
         return await asyncio.to_thread(run)
 
 
-def _free(device: torch.device) -> None:
-    """Let an evicted backbone's memory go now (on a GPU, back to the device)."""
-    gc.collect()  # a module's parameters can sit in reference cycles
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def image_uri(task: Any, image_key: str) -> str | None:
     """The image URI in a task's data (what identifies its picture), or None."""
     uri = task.data.get(image_key) if isinstance(task.data, dict) else None
@@ -361,31 +299,6 @@ class _Chunk:
     errors: dict[int, str]  # task id -> why its image could not be downloaded
     cached: dict[str, bytes]  # hash -> vector found in the cache
     pending: dict[str, "concurrent.futures.Future[torch.Tensor | str]"]  # hash -> decoding
-
-
-def _decode(data: bytes | str, size: int, max_pixels: int) -> torch.Tensor | str:
-    """A preprocessed image, or the reason there is none."""
-    if isinstance(data, str):
-        return data
-    try:
-        return model_input(data, size, max_pixels=max_pixels)
-    except ImageError as exc:
-        return f"not decodable: {exc.reason}"
-
-
-def _decode_all(
-    fetched: Sequence[bytes | str], size: int, max_pixels: int
-) -> list[torch.Tensor | str]:
-    return [_decode(data, size, max_pixels) for data in fetched]
-
-
-def _store_all(store: ImageStore, images: Sequence[tuple[int, torch.Tensor]]) -> dict[int, int]:
-    return {task_id: store.append(image) for task_id, image in images}
-
-
-def _record_errors(conn: Any, errors: dict[int, str]) -> None:
-    for task_id, error in errors.items():
-        labels.set_task_image(conn, task_id, image_hash=None, error=error)
 
 
 def _bytes(vector: torch.Tensor) -> bytes:

@@ -19,6 +19,7 @@ from service.context import Services
 from service.ingest import relabel
 from service.jobs.catchup import learn_if_new
 from service.jobs.embedding import Embedder, EmbedReport
+from service.jobs.finetune_images import load_images
 from service.jobs.predictions import push_predictions
 from service.jobs.threads import in_daemon_thread
 from service.jobs.versions import (
@@ -170,7 +171,8 @@ class Pipeline:
         labeled = [t for t in snapshot.tasks if t.id in snapshot.labeled]
         # On disk for the job's length only: deleted when it ends, fails or is cancelled.
         with ImageStore(len(labeled), spec.image_size) as store:
-            rows = await self.embedder.load_images(
+            rows = await load_images(
+                self.embedder,
                 labeled,
                 snapshot.project.image_key,
                 store,
