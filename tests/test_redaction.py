@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from service.context import Services, open_services
+from service.jobs.catchup import learn
 from service.jobs.worker import Worker
 from service.logs import configure_logging
 from service.redact import MASK, Redactor
@@ -109,7 +110,7 @@ def root_logging() -> Iterator[None]:
 @pytest.mark.parametrize("log_format", ["text", "json"])
 @pytest.mark.usefixtures("root_logging")
 async def test_no_secret_in_the_log_of_a_run_over_presigned_urls(
-    services: Services, log_format: str
+    services: Services, fake: CloudLabelStudio, log_format: str
 ) -> None:
     stream = io.StringIO()
     configure_logging(log_format, secrets=services.settings.secrets(), stream=stream)
@@ -117,8 +118,9 @@ async def test_no_secret_in_the_log_of_a_run_over_presigned_urls(
     logger = logging.getLogger("test")
     logger.info("configured with %s and %s", API_TOKEN, WEBHOOK_SECRET)
     logger.info("header: Authorization: Token %s", TOKEN)
+    await learn(services, 1)  # registered: jobs read the project's tasks from the log
     annotate(services, *[(100 + t, t, "red" if t % 2 else "blue", "2026-12-02T01:00:00Z")
-                         for t in range(1, 7)])  # fmt: skip
+                         for t in range(1, 7)], fake=fake)  # fmt: skip
 
     assert await Worker(services).run_until_idle() == 1
 
