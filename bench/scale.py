@@ -15,7 +15,11 @@ At the end: the predictions Label Studio stores under labelloop's names.
 ``--epsilon`` instead measures, without Label Studio, how much a +20-label retrain moves the
 predictions on digits (labels changed, score shifts), which is what EPSILON is chosen from.
 
-Usage: .venv/bin/python bench/scale.py [--sizes 1000,10000,50000] [--rounds 5]
+``--ls-import-flag`` starts Label Studio with its memory-efficient prediction import turned on
+(the feature flag the README's "Large projects" recommends): Label Studio 1.23.2 otherwise
+recounts every task of the project on each import.
+
+Usage: .venv/bin/python bench/scale.py [--sizes 1000,10000,50000] [--rounds 5] [--ls-import-flag]
        .venv/bin/python bench/scale.py --epsilon
 Needs $LABELLOOP_TEST_LS_VENV (or .venv-ls) with label-studio installed.
 """
@@ -42,6 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.digits import digit_pngs  # noqa: E402
+from service.jobs.predictions import LS_IMPORT_FLAG  # noqa: E402
 
 LS_TOKEN = "labelloop-bench-token-0123456789"
 API_TOKEN = "bench-api-token"
@@ -128,7 +133,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=20)
 
 
-def label_studio(root: Path) -> tuple[subprocess.Popen[bytes], httpx.Client]:
+def label_studio(
+    root: Path, *, import_flag: bool = False
+) -> tuple[subprocess.Popen[bytes], httpx.Client]:
     venv = Path(os.environ.get("LABELLOOP_TEST_LS_VENV") or REPO / ".venv-ls")
     exe = venv / "bin" / "label-studio"
     if not exe.exists():
@@ -144,6 +151,8 @@ def label_studio(root: Path) -> tuple[subprocess.Popen[bytes], httpx.Client]:
         LABEL_STUDIO_BASE_DATA_DIR=str(root / "ls-data"), LATEST_VERSION_CHECK="false",
         COLLECT_ANALYTICS="false", SSRF_PROTECTION_ENABLED="false", ML_BLOCK_LOCAL_IP="false",
     )  # fmt: skip
+    if import_flag:
+        env[LS_IMPORT_FLAG] = "true"
     cmd = [str(exe), "start", "--no-browser", "--port", str(port), "--internal-host", "127.0.0.1"]
     proc = start(cmd, env, root / "label-studio.log", root)
     client = httpx.Client(
@@ -231,10 +240,12 @@ def retrain(ll: httpx.Client, project: int, timeout: float) -> tuple[float, dict
     return time.perf_counter() - started, job
 
 
-def run_size(size: int, rounds: int, pngs: list[bytes], targets: list[str]) -> dict[str, Any]:
+def run_size(
+    size: int, rounds: int, pngs: list[bytes], targets: list[str], import_flag: bool
+) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"labelloop-scale-{size}-"))
     images = ImageServer(pngs)
-    ls_proc, ls = label_studio(root)
+    ls_proc, ls = label_studio(root, import_flag=import_flag)
     ll_proc = None
     try:
         body = {"title": f"scale {size}", "label_config": LABEL_CONFIG}
@@ -281,11 +292,14 @@ def run_size(size: int, rounds: int, pngs: list[bytes], targets: list[str]) -> d
 def report(result: dict[str, Any]) -> None:
     size = result["size"]
     print(f"\n## {size} tasks (full task listing, measured apart: {result['listing_s']:.1f} s)")
-    print("| run | call -> done (s) | push (s) | written | unchanged | status |")
-    print("|---|---|---|---|---|---|")
+    print("| run | call -> done (s) | push (s) | LS delete (s) | LS import (s) | written "
+          "| unchanged | status |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    nan = float("nan")
     for kind, seconds, job in result["rows"]:
         p = job.get("progress") or {}
-        print(f"| {kind} | {seconds:.1f} | {p.get('push_seconds', float('nan')):.1f} | "
+        print(f"| {kind} | {seconds:.1f} | {p.get('push_seconds', nan):.1f} | "
+              f"{p.get('delete_seconds', nan):.1f} | {p.get('import_seconds', nan):.1f} | "
               f"{p.get('pushed', '-')} | {p.get('unchanged', '-')} | {job['status']} "
               f"{job.get('model_version') or ''} |")  # fmt: skip
     rounds = [s for k, s, _ in result["rows"] if k == "round"]
@@ -333,13 +347,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--epsilon", action="store_true")
+    parser.add_argument("--ls-import-flag", action="store_true")
     args = parser.parse_args()
     if args.epsilon:
         epsilon_study(args.rounds)
         return
     pngs, targets = digit_pngs()
     for size in (int(s) for s in args.sizes.split(",")):
-        report(run_size(size, args.rounds, pngs, targets))
+        print(f"\n(Label Studio import flag: {'on' if args.ls_import_flag else 'off'})")
+        report(run_size(size, args.rounds, pngs, targets, args.ls_import_flag))
         sys.stdout.flush()
 
 

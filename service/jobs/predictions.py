@@ -33,7 +33,12 @@ from storage.pushed import UNCERTAIN, Held
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 500
+# Tasks written per round (marked uncertain, their old predictions deleted, the new imported).
+# Large, because Label Studio 1.23.2 recounts every task of the project on each prediction
+# import (its memory-efficient import, behind a feature flag, recounts only the tasks
+# imported): on a 10k-task project one import costs ~8 s whether it carries 20 predictions or
+# 500. An interrupted round costs a task-scoped check of its tasks at the next push.
+CHUNK = 5000
 # Settle what is uncertain, push the delta; again after an interrupted write, up to this many
 # interruptions in a row without a chunk written in between.
 PUSH_ROUNDS = 3
@@ -44,6 +49,11 @@ PUSH_ROUNDS = 3
 # sort close to the model's for little cost.
 EPSILON = 0.03
 BASE_NAME = "labelloop"
+# Label Studio's feature flag (an environment variable of Label Studio's) for its import that
+# recounts only the tasks it imports; an import slower than SLOW_IMPORT_S for fewer than 100
+# predictions a second logs a hint naming it.
+LS_IMPORT_FLAG = "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"
+SLOW_IMPORT_S = 4.0
 DELETE_CONCURRENCY = 8
 
 Db = Callable[..., Awaitable[Any]]  # runs fn(conn, *args) in one transaction
@@ -59,6 +69,8 @@ class PushReport:
     deleted_versions: dict[str, int] = field(default_factory=dict)
     repaired: bool = False
     started: float = field(default_factory=time.monotonic)
+    delete_seconds: float = 0.0  # waiting on Label Studio's deletes of replaced predictions
+    import_seconds: float = 0.0  # ...and on its imports
 
     @property
     def written(self) -> int:
@@ -71,6 +83,8 @@ class PushReport:
             "unchanged": self.unchanged,
             "label_studio_version": self.label_studio_version,
             "push_seconds": round(time.monotonic() - self.started, 3),
+            "delete_seconds": round(self.delete_seconds, 3),
+            "import_seconds": round(self.import_seconds, 3),
         }
 
 
@@ -204,28 +218,51 @@ class _Writer:
             else:
                 unchanged += 1
         report.unchanged = unchanged
+        bulk: bool | None = None  # whether the bulk delete may be used: asked once a push
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start : start + CHUNK]
             replace = [t for t in chunk if t in rows]
             marks = {t: Held(*desired[t], self.version, UNCERTAIN) for t in chunk}
             await self.db(_begin, self.guard, self.project_id, marks)
             if replace:
-                await self._delete_ours(replace)
+                if bulk is None:
+                    bulk = await self._only_ours_listed()
+                began = time.monotonic()
+                await self._delete_ours(replace, bulk=bulk)
+                report.delete_seconds += time.monotonic() - began
             body = [
                 prediction(t, *desired[t], self.name, self.from_name, self.to_name) for t in chunk
             ]
+            began = time.monotonic()
             await self.client.import_predictions(self.project_id, body)
+            took = time.monotonic() - began
+            report.import_seconds += took
+            if took > SLOW_IMPORT_S and len(body) < SLOW_IMPORT_S * 100:
+                logger.info(
+                    "project %d: Label Studio took %.1f s to import %d predictions; on a large "
+                    "project start it with %s=true (it then recounts only the tasks imported, "
+                    "not the whole project's: README, Large projects)",
+                    self.project_id, took, len(body), LS_IMPORT_FLAG,
+                )  # fmt: skip
             await self.db(pushed.mark_pushed, self.project_id, chunk)
             report.replaced += len(replace)
             report.imported += len(chunk) - len(replace)
             progress(start + len(chunk), len(todo))
 
-    async def _delete_ours(self, task_ids: Sequence[int]) -> None:
-        """Delete our prediction of these tasks: in bulk when every name Label Studio lists is
-        labelloop's (the bulk action deletes every model's), else one by one, by id."""
+    async def _only_ours_listed(self) -> bool:
+        """Whether every name Label Studio lists predictions under is labelloop's."""
         ours = await self.db(pushed.labelloop_names, self.project_id) | {self.name}
         versions = await self.client.model_versions(self.project_id)
-        if all(v in ours for v, n in versions.items() if n):
+        return all(v in ours for v, n in versions.items() if n)
+
+    async def _delete_ours(self, task_ids: Sequence[int], *, bulk: bool) -> None:
+        """Delete our prediction of these tasks: in ``bulk`` when every name Label Studio
+        lists is labelloop's (the bulk action deletes every model's), else one by one, by id.
+
+        ``bulk`` is decided once a push, before its first delete (it was asked before each
+        500-task round): another model's first predictions landing on these very tasks during
+        the push is the window, as it was between the question and each round."""
+        if bulk:
             await self.client.delete_tasks_predictions(self.project_id, task_ids)
             return
         found = await self.client.task_predictions(self.project_id, task_ids)

@@ -316,3 +316,26 @@ async def test_a_rollback_replaces_what_differs(services: Services, fake: FakeLa
     patches = [c for c in fake.calls if c == "PATCH /api/projects/1/"]
     assert len(patches) == 1  # set once, at the first push; never again while it is NAME
     assert json.dumps(back)  # plain data
+
+
+async def test_a_large_delta_costs_one_delete_one_import_and_one_names_check(
+    engine: Engine, project: FakeLabelStudio
+) -> None:
+    """Label Studio 1.23.2 recounts every task of the project on each prediction import, so a
+    push of 1,200 changes must not import (or delete) in 500-task rounds: one of each."""
+    fake = project
+    many = range(100, 1300)
+    for t in many:
+        fake.add_task(t, None)
+    await push(engine, fake, "labelloop-v1", {t: red(0.9) for t in many})
+    fake.calls.clear()
+
+    report = await push(engine, fake, "labelloop-v2", {t: red(0.1) for t in many})
+
+    assert report.replaced == len(many)
+    assert imported(fake) == 1
+    assert sum(c.startswith("POST /api/dm/actions?id=delete_tasks_predictions") for c in fake.calls)
+    assert sum(c.startswith("POST /api/dm/actions") for c in fake.calls) == 1
+    # One look at Label Studio's names before writing, one count check after.
+    assert sum(c.startswith("GET /api/projects/1/model-versions/") for c in fake.calls) == 2
+    assert all(label == "blue" for label, _ in shown(fake).values())
