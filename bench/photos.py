@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.context import open_services
 from service.jobs.embedding import Embedder
+from service.jobs.memory import tune_malloc
 from service.settings import DatabaseSettings, LabelStudioSettings, Settings, TrainingSettings
 from service.vision.backbone import (
     Backbone,
@@ -196,7 +197,12 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=120, help="12 MP photos")
     parser.add_argument("--big", type=int, default=2, help="48 MP photos, besides --count")
     parser.add_argument("--device", default="cpu", help='"cpu", "cuda" or "cuda:N"')
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="skip tune_malloc (as serve calls it)"
+    )
     args = parser.parse_args()
+    if not args.default_malloc:
+        tune_malloc()
 
     device = resolve_device(args.device)
     plan = thread_plan(device)

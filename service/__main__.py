@@ -48,6 +48,9 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.jobs.memory import tune_malloc
+
+    tune_malloc()
 
     upgrade(settings.database.url)
     app = create_app(settings, run_worker=not args.no_worker, writer_process=True)
@@ -66,8 +69,10 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def worker(settings: Settings, args: argparse.Namespace) -> int:
     from service.context import open_services
+    from service.jobs.memory import tune_malloc
     from service.jobs.worker import Worker
 
+    tune_malloc()
     upgrade(settings.database.url)
 
     async def run() -> None:

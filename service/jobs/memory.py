@@ -12,9 +12,38 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import os
 from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
+
+# glibc's mallopt parameters (malloc.h) and the values `serve` and `worker` start with.
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+ARENA_MAX = 2  # the asyncio loop's thread and the job threads share two arenas
+MMAP_THRESHOLD = 128 * 1024  # fixed: buffers past it are mapped apart and unmapped when freed
+
+
+def tune_malloc() -> bool:
+    """Bound glibc's malloc before the job threads start (``serve``, ``worker``): at most
+    ``ARENA_MAX`` arenas (one per thread, up to 8 per core, otherwise), and a fixed mmap
+    threshold, so a decoded photo's or a batch's buffers go back to the system when freed
+    instead of raising the dynamic threshold and staying in a heap. Measured with
+    bench/photos.py (the stage's peak RSS) and bench/memory.py. The environment's
+    ``MALLOC_ARENA_MAX`` / ``MALLOC_MMAP_THRESHOLD_``, when set, win. False where there is no
+    glibc ``mallopt``."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        mallopt(M_ARENA_MAX, ARENA_MAX)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    return True
 
 
 def release_memory() -> None:
