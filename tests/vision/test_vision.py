@@ -20,6 +20,7 @@ from service.vision.backbone import (
     BackboneSpec,
     WeightsError,
     build_resnet,
+    forward_batch,
     resolve_device,
 )
 from service.vision.compare import paired, refit_predictions
@@ -270,6 +271,12 @@ def test_forward_count_batching_and_empty(images: list[torch.Tensor]) -> None:
     assert empty.shape == (0, 512) and small.forward_count == 5
     with pytest.raises(ValueError, match="shape"):
         small.embed([torch.zeros(3, SIZE + 1, SIZE)])
+
+
+def test_the_cpu_forwards_small_batches_and_a_gpu_large_ones() -> None:
+    """On the CPU a batch of 32 at 224 px holds ~210 MB of activations for no speed."""
+    assert Backbone(spec(), CPU).batch_size == 8
+    assert forward_batch(torch.device("cuda", 0)) == 32
 
 
 def _resnet18_seeded(seed: int, num_classes: int = 1000) -> torch.nn.Module:
