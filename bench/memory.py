@@ -12,11 +12,12 @@ and after the job returns. RssAnon (the heap: tensors, Python objects, malloc's 
 what the worker owns; RssFile is mapped files (torch's shared libraries, mostly), which the
 kernel shares and can reclaim.
 
-``--no-release`` turns off what the worker does after each job (service/jobs/memory.py), to
-show what it is worth.
+``--default-malloc`` skips ``tune_malloc`` (two arenas, a fixed mmap threshold), which
+``labelloop serve`` and ``worker`` call first. ``--no-release`` turns off what the worker
+does after each job (service/jobs/memory.py), to show what it is worth.
 
 Usage: .venv/bin/python bench/memory.py [--labels 300] [--unlabeled 100] [--new 100]
-       [--size 224] [--epochs 1] [--rounds 2] [--threads 2] [--no-release]
+       [--size 224] [--epochs 1] [--rounds 2] [--threads 2] [--no-release] [--default-malloc]
 """
 
 import argparse
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.digits import digit_pngs
 from service.context import open_services
 from service.jobs import worker as worker_module
+from service.jobs.memory import tune_malloc
 from service.jobs.worker import Worker
 from service.settings import DatabaseSettings, LabelStudioSettings, Settings, TrainingSettings
 from storage import jobs
@@ -82,14 +84,15 @@ class Sampler:
 
 async def run_job(services: Any, worker: Worker, kind: str) -> dict[str, Any]:
     with services.engine.begin() as conn:
-        jobs.enqueue(conn, 1, "manual", kind=kind)
+        job_id, _ = jobs.enqueue(conn, 1, "manual", kind=kind)
     start = time.perf_counter()
     with Sampler() as sampler:
         await worker.run_until_idle()
     seconds = time.perf_counter() - start
     after = status()
     with services.engine.begin() as conn:
-        job = jobs.recent(conn, 1)[0]
+        # By id: a first training learns the project and queues a push of its own.
+        job = next(j for j in jobs.recent(conn, 1) if j.id == job_id)
     assert job.status == "succeeded", (job.status, job.error)
     return {
         "kind": kind,
@@ -185,7 +188,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-release", action="store_true")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="skip tune_malloc (as serve calls it)"
+    )
     args = parser.parse_args()
+    if not args.default_malloc:
+        tune_malloc()
     if args.no_release and hasattr(worker_module, "release_memory"):
         worker_module.release_memory = lambda: None  # type: ignore[attr-defined]
     print(
