@@ -1,6 +1,7 @@
 """Label configs beyond one single-choice Choices, through the whole pipeline (fake Label Studio):
 a nested image key, several Choices on one image, multiple choice."""
 
+import dataclasses
 import json
 from typing import Any
 
@@ -148,3 +149,19 @@ async def test_a_tag_without_two_classes_skips_the_job_and_names_it(
         [job] = jobs.recent(conn, 1)
     assert job.status == "skipped"
     assert job.error == '<Choices name="shade"> needs labels of at least two classes'
+
+
+@pytest.mark.parametrize("fake", [MULTIPLE], indirect=True)
+async def test_finetune_mode_refuses_several_choices_with_a_clear_error(
+    services: Services, fake: FakeLabelStudio
+) -> None:
+    training = dataclasses.replace(services.settings.training, mode="finetune")
+    services.settings = dataclasses.replace(services.settings, training=training)
+    for task_id in range(1, 7):
+        post(services, fake, task_id, [item("tags", "red" if red(task_id) else "blue")])
+    await Worker(services).run_until_idle()
+    with services.engine.begin() as conn:
+        [job] = jobs.recent(conn, 1)
+    assert (job.kind, job.status) == ("finetune", "skipped")
+    assert job.error.startswith("finetune supports a single single-choice Choices; use mode = head")
+    assert fake.predictions == []
