@@ -15,6 +15,7 @@ from service.jobs.threads import in_daemon_thread
 from service.jobs.versions import Fitted
 from service.labelstudio.targets import decode, encode, targets_of
 from service.vision.backbone import BackboneSpec
+from service.vision.head import Head
 from service.vision.multitarget import MultiHead, MultiResult, TargetSpec, train_targets
 
 FINETUNE_REFUSED = (
@@ -46,6 +47,18 @@ async def fit_targets(
     fitted = Fitted(spec, result.head, result.metrics, ids, x, y, report.vectors, attempted)
     fitted.predictions = {t: encode(a) for t, a in result.held_out.items()}
     return fitted
+
+
+def mismatch(head: Head | MultiHead, project: Any) -> str | None:
+    """Why a stored version cannot predict under the project's config now (its Choices tags
+    changed since it was trained: a push before the retrain), or None when it can."""
+    if isinstance(head, MultiHead):
+        now = [(s.name, s.multiple) for s in specs_of(project.targets)]
+        if [(s.name, s.multiple) for s in head.specs] == now:
+            return None
+    elif not project.targets:
+        return None
+    return "the active version was trained for other Choices tags than the config has now; retrain"
 
 
 def predict_encoded(head: MultiHead, embeddings: torch.Tensor) -> list[tuple[str, float]]:

@@ -20,7 +20,7 @@ from service.ingest import relabel
 from service.jobs.catchup import learn_if_new
 from service.jobs.embedding import Embedder, EmbedReport
 from service.jobs.finetune_images import load_images
-from service.jobs.multitarget import FINETUNE_REFUSED, fit_targets
+from service.jobs.multitarget import FINETUNE_REFUSED, fit_targets, mismatch
 from service.jobs.predictions import push_predictions
 from service.jobs.threads import in_daemon_thread
 from service.jobs.versions import (
@@ -142,6 +142,8 @@ class Pipeline:
         if snapshot.project.unsupported_reason:
             return Outcome("skipped", error=f"unsupported: {snapshot.project.unsupported_reason}")
         stored_model = Fitted(spec, load_model(row.head), None, [], None, [], {}, set())
+        if (why := mismatch(stored_model.head, snapshot.project)) is not None:
+            return Outcome("skipped", error=why)
         await self._db(jobs.check_lease, job_id, lease)
         await self._push(snapshot, version, stored_model, settings, progress, job_id, lease)
         progress["stage"] = "done"

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.context import Services
 from service.jobs.embedding import Embedder
-from service.jobs.multitarget import predict_encoded
+from service.jobs.multitarget import mismatch, predict_encoded
 from service.jobs.predictions import prediction
 from service.jobs.versions import version_spec
 from service.vision.multitarget import MultiHead, load_model
@@ -32,6 +32,9 @@ class Predictor:
         if state is None:
             return []
         project, version, shown_as = state
+        head = load_model(version.head)
+        if mismatch(head, project) is not None:  # the config's tags changed: retrain first
+            return []
         ids = [int(t["id"]) for t in tasks if isinstance(t.get("id"), int)]
         if len(ids) != len(tasks):
             return []
@@ -48,7 +51,6 @@ class Predictor:
                 lambda done, total: None,
                 max_pixels=training.max_image_pixels,
             )
-        head = load_model(version.head)
         results: list[dict[str, Any]] = []
         for task_id in ids:
             vector = report.vectors.get(task_id)

@@ -9,6 +9,7 @@ import pytest
 
 from service.context import Services
 from service.ingest.fold_loop import fold_all
+from service.jobs.predictor import Predictor
 from service.jobs.worker import Worker
 from storage import events, jobs, labels, models
 from tests import payloads
@@ -165,3 +166,37 @@ async def test_finetune_mode_refuses_several_choices_with_a_clear_error(
     assert (job.kind, job.status) == ("finetune", "skipped")
     assert job.error.startswith("finetune supports a single single-choice Choices; use mode = head")
     assert fake.predictions == []
+
+
+@pytest.mark.parametrize("fake", [TWO_CHOICES], indirect=True)
+async def test_predict_answers_one_result_per_tag(
+    services: Services, fake: FakeLabelStudio
+) -> None:
+    for task_id in range(1, 7):
+        colour, shade = ("red", "warm") if red(task_id) else ("blue", "cool")
+        post(services, fake, task_id, [item("label", colour), item("shade", shade)])
+    await Worker(services).run_until_idle()
+    [answer] = await Predictor(services).predict(1, [fake.tasks[7]])
+    assert sorted(r["from_name"] for r in answer["result"]) == ["label", "shade"]
+    assert answer["model_version"] == "labelloop" and 0.0 <= answer["score"] <= 1.0
+
+
+@pytest.mark.parametrize("fake", [payloads.LABEL_CONFIG], indirect=True)
+async def test_a_push_after_the_config_gained_a_tag_waits_for_the_retrain(
+    services: Services, fake: FakeLabelStudio
+) -> None:
+    for task_id in range(1, 7):
+        post(services, fake, task_id, [item("label", "red" if red(task_id) else "blue")])
+    worker = Worker(services)
+    await worker.run_until_idle()
+    before = [dict(p) for p in fake.predictions]
+    fake.label_config = TWO_CHOICES  # the old head knows nothing of "shade"
+    with services.engine.begin() as conn:
+        jobs.enqueue(conn, 1, "manual", kind="push")
+    await worker.run_until_idle()
+    with services.engine.begin() as conn:
+        push = next(j for j in jobs.recent(conn, 1) if j.kind == "push")
+    assert push.status == "skipped"
+    assert push.error.startswith("the active version was trained for other Choices tags")
+    assert fake.predictions == before  # nothing half-right was written
+    assert await Predictor(services).predict(1, [fake.tasks[7]]) == []
