@@ -187,6 +187,12 @@ def _project_text(body: dict[str, Any]) -> str:
     lines = [f"project {body['id']} {body['title']!r}"]
     if not body["supported"]:
         lines.append(f"  unsupported: {body['unsupported_reason']}")
+    tags = body.get("trained_tags") or []
+    if tags:
+        lines.append(
+            "  trained tags: "
+            + ", ".join(f"{t['name']} ({'multiple' if t['multiple'] else 'single'})" for t in tags)
+        )
     lines.append(
         f"  events {body['events']}, annotations {body['annotations']}, "
         f"changes since last job {body['changes_since_last_job']}"

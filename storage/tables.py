@@ -55,6 +55,10 @@ projects = sa.Table(
     sa.Column("from_name", sa.String(255)),
     sa.Column("to_name", sa.String(255)),
     sa.Column("choices", sa.JSON),
+    # NULL for the classic project (one single-choice Choices: from_name, choices); else every
+    # Choices bound to the Image, [{"from_name", "choices", "multiple"}], and labels are encoded
+    # (service/labelstudio/targets.py)
+    sa.Column("targets", sa.JSON),
     sa.Column("unsupported_reason", sa.Text),
     sa.Column("changes", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_at", UTC_TIME, nullable=False),
@@ -87,7 +91,7 @@ annotations = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("task_id", sa.Integer, nullable=False, index=True),
     sa.Column("project_id", sa.Integer, nullable=False, index=True),
-    sa.Column("label", sa.String(255)),
+    sa.Column("label", sa.Text),  # a choice, or an encoded label (several Choices)
     sa.Column("was_cancelled", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("updated_at", sa.String(64), nullable=False),  # Label Studio's ISO timestamp
@@ -182,7 +186,7 @@ pushed = sa.Table(
     metadata,
     sa.Column("project_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("task_id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("label", sa.String(255), nullable=False),
+    sa.Column("label", sa.Text, nullable=False),
     sa.Column("score", sa.Float, nullable=False),
     sa.Column("version", sa.String(64), nullable=False),
     sa.Column("state", sa.String(16), nullable=False),  # pushed | uncertain

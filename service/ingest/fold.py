@@ -48,6 +48,7 @@ NEW_PROJECT = {
     "from_name": None,
     "to_name": None,
     "choices": None,
+    "targets": None,
     "unsupported_reason": None,
     "changes": 0,
 }
@@ -187,7 +188,7 @@ class _State:
         """Apply one event; raises one of BAD_EVENT before changing anything."""
         project_id = event.project_id
         project, written = self._project_after(event)
-        seen = [(a, a.label(project["from_name"], project["choices"])) for a in event.annotations]
+        seen = [(a, a.label_in(project)) for a in event.annotations]
         relabel = written is not None and reads_differently(self.projects.get(project_id), project)
         if relabel:
             self._load_all(project_id)

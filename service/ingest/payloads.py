@@ -15,6 +15,7 @@ import orjson
 import sqlalchemy as sa
 
 from service.labelstudio.ids import as_id
+from service.labelstudio.targets import read_targets, targets_of
 
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
 # What a malformed body raises while it is read or applied: it is skipped (it stays in the log).
@@ -73,6 +74,19 @@ class AnnotationSeen:
     def label(self, from_name: str | None, choices: Collection[str] | None) -> str | None:
         """What ``read_label`` reads in this annotation; None for a skip."""
         return None if self.was_cancelled else read_label(self.result, from_name, choices)
+
+    def label_in(self, project: Mapping[str, Any]) -> str | None:
+        """What ``project_label`` reads in this annotation under the project's row."""
+        return None if self.was_cancelled else project_label(self.result, project)
+
+
+def project_label(result: Any, project: Mapping[str, Any]) -> str | None:
+    """An annotation's label under a ``projects`` row: its targets' encoded label when it has
+    several Choices or a multiple-choice one (service.labelstudio.targets), else ``read_label``."""
+    targets = targets_of(project.get("targets"))
+    if targets:
+        return read_targets(result, targets)
+    return read_label(result, project.get("from_name"), project.get("choices"))
 
 
 def read_label(result: Any, from_name: str | None, choices: Collection[str] | None) -> str | None:

@@ -20,11 +20,11 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from service.ingest.payloads import parse_json, read_label
+from service.ingest.payloads import parse_json, project_label
 from storage import labels
 
 # The project columns a label is read with: a change to any of them re-derives.
-LABEL_COLUMNS = ("from_name", "choices")
+LABEL_COLUMNS = ("from_name", "choices", "targets")
 
 
 def reads_differently(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> bool:
@@ -38,7 +38,7 @@ def label_under(project: Mapping[str, Any], label: str | None, result: str | Non
     choices = project.get("choices")
     if result is None:  # stored before results were, and not in the log: keep what still fits
         return label if label is not None and label in (choices or ()) else None
-    return read_label(parse_json(result), project.get("from_name"), choices)
+    return project_label(parse_json(result), project)
 
 
 def relabel(conn: Connection, project_id: int, project: Mapping[str, Any]) -> int:

@@ -20,6 +20,7 @@ from service.ingest import relabel
 from service.jobs.catchup import learn_if_new
 from service.jobs.embedding import Embedder, EmbedReport
 from service.jobs.finetune_images import load_images
+from service.jobs.multitarget import FINETUNE_REFUSED, fit_targets, mismatch
 from service.jobs.predictions import push_predictions
 from service.jobs.threads import in_daemon_thread
 from service.jobs.versions import (
@@ -35,8 +36,9 @@ from service.labelstudio.labelconfig import project_row
 from service.settings import TrainingSettings
 from service.vision.backbone import BackboneSpec, resolve_device
 from service.vision.finetune import FinetuneResult, finetune
-from service.vision.head import Head, TrainResult, train_head
+from service.vision.head import TrainResult, train_head
 from service.vision.image_store import ImageStore
+from service.vision.multitarget import TargetError, load_model
 from storage import jobs, labels, models
 from storage.db import reading
 
@@ -81,11 +83,17 @@ class Pipeline:
         if len(set(snapshot.labeled.values())) < 2:
             return Outcome("skipped", error="need labels of at least two classes to train")
 
+        if kind == "finetune" and snapshot.project.targets:
+            return Outcome("skipped", error=FINETUNE_REFUSED)
+
         spec = BackboneSpec(settings.architecture, settings.weights, settings.image_size)
-        if kind == "finetune":
-            fitted = await self._finetune(snapshot, spec, settings, progress)
-        else:
-            fitted = await self._fit_head(snapshot, spec, settings, progress)
+        try:
+            if kind == "finetune":
+                fitted = await self._finetune(snapshot, spec, settings, progress)
+            else:
+                fitted = await self._fit_head(snapshot, spec, settings, progress)
+        except TargetError as exc:
+            return Outcome("skipped", error=str(exc))
         if fitted is None:
             return Outcome("skipped", error="fewer than two classes have a readable image")
         try:
@@ -133,7 +141,9 @@ class Pipeline:
         snapshot = await self._snapshot(project_id, progress)
         if snapshot.project.unsupported_reason:
             return Outcome("skipped", error=f"unsupported: {snapshot.project.unsupported_reason}")
-        stored_model = Fitted(spec, Head.from_bytes(row.head), None, [], None, [], {}, set())
+        stored_model = Fitted(spec, load_model(row.head), None, [], None, [], {}, set())
+        if (why := mismatch(stored_model.head, snapshot.project)) is not None:
+            return Outcome("skipped", error=why)
         await self._db(jobs.check_lease, job_id, lease)
         await self._push(snapshot, version, stored_model, settings, progress, job_id, lease)
         progress["stage"] = "done"
@@ -154,6 +164,9 @@ class Pipeline:
             return None
         progress["stage"] = "training"
         x = torch.stack([report.vectors[tid] for tid in ids])
+        if snapshot.project.targets:  # several Choices, or multiple choice: a head each
+            attempted = {t.id for t in snapshot.tasks}
+            return await fit_targets(spec, snapshot.project.targets, ids, x, y, report, attempted)
         result: TrainResult = await in_daemon_thread(train_head, x, y, ids)
         attempted = {t.id for t in snapshot.tasks}
         fitted = Fitted(spec, result.head, result.metrics, ids, x, y, report.vectors, attempted)
@@ -279,7 +292,7 @@ class Pipeline:
             version,
             model.head,
             {t.id: vectors[t.id] for t in unlabeled if t.id in vectors},
-            from_name=snapshot.project.from_name,
+            from_name=snapshot.project.from_name or "",  # "": encoded labels (several Choices)
             to_name=snapshot.project.to_name,
             tasks={t.id for t in snapshot.tasks},
             guard=lambda conn: jobs.check_lease(conn, job_id, lease),

@@ -25,9 +25,12 @@ import torch
 from sqlalchemy.engine import Connection
 
 from service.jobs import push_repair
+from service.jobs.multitarget import predict_encoded
 from service.labelstudio.client import LabelStudio
 from service.labelstudio.errors import LabelStudioUnavailable
+from service.labelstudio.targets import result_items
 from service.vision.head import Head
+from service.vision.multitarget import MultiHead
 from storage import pushed
 from storage.pushed import UNCERTAIN, Held
 
@@ -93,7 +96,7 @@ async def push_predictions(
     db: Db,
     project_id: int,
     version: str,
-    head: Head,
+    head: Head | MultiHead,
     vectors: Mapping[int, torch.Tensor],
     *,
     from_name: str,
@@ -105,6 +108,7 @@ async def push_predictions(
 ) -> PushReport:
     """Predict ``vectors`` (task id -> embedding) and bring Label Studio to them.
 
+    ``from_name`` "": several Choices or multiple choice, labels encoded, one result per tag.
     ``tasks``: every task the project has (rows of others are forgotten: Label Studio deleted
     their predictions with them). ``guard(conn)`` runs in each transaction that begins a write
     (the job's lease check). The project's model_version is set only if ``still_active()``.
@@ -301,12 +305,17 @@ def _settled(
     pushed.forget(conn, project_id, empty)
 
 
-async def _predict(head: Head, vectors: Mapping[int, torch.Tensor]) -> dict[int, tuple[str, float]]:
+async def _predict(
+    head: Head | MultiHead, vectors: Mapping[int, torch.Tensor]
+) -> dict[int, tuple[str, float]]:
     """Task id -> (label, score) of the head; the score rounded as Label Studio stores it."""
     ordered = sorted(vectors)
     if not ordered:
         return {}
     stacked = torch.stack([vectors[t] for t in ordered])
+    if isinstance(head, MultiHead):
+        encoded = await asyncio.to_thread(predict_encoded, head, stacked)
+        return {tid: (label, _score(s)) for tid, (label, s) in zip(ordered, encoded, strict=True)}
     probs = await asyncio.to_thread(head.predict_proba, stacked)
     scores, indices = probs.max(dim=1)
     return {
@@ -322,7 +331,15 @@ def _score(score: float) -> float:
 def prediction(
     task_id: int, label: str, score: float, version: str, from_name: str, to_name: str
 ) -> dict[str, Any]:
-    """One Label Studio prediction: a Choices result scored by the model's confidence."""
+    """One Label Studio prediction: a Choices result scored by the model's confidence (one per
+    Choices tag when ``from_name`` is "": an encoded label)."""
+    if not from_name:
+        return {
+            "task": task_id,
+            "model_version": version,
+            "score": _score(score),
+            "result": result_items(label, to_name),
+        }
     return {
         "task": task_id,
         "model_version": version,

@@ -12,9 +12,10 @@ from starlette.concurrency import run_in_threadpool
 
 from service.context import Services
 from service.jobs.embedding import Embedder
+from service.jobs.multitarget import mismatch, predict_encoded
 from service.jobs.predictions import prediction
 from service.jobs.versions import version_spec
-from service.vision.head import Head
+from service.vision.multitarget import MultiHead, load_model
 from storage import labels, models, pushed
 
 
@@ -31,6 +32,9 @@ class Predictor:
         if state is None:
             return []
         project, version, shown_as = state
+        head = load_model(version.head)
+        if mismatch(head, project) is not None:  # the config's tags changed: retrain first
+            return []
         ids = [int(t["id"]) for t in tasks if isinstance(t.get("id"), int)]
         if len(ids) != len(tasks):
             return []
@@ -47,12 +51,16 @@ class Predictor:
                 lambda done, total: None,
                 max_pixels=training.max_image_pixels,
             )
-        head = Head.from_bytes(version.head)
         results: list[dict[str, Any]] = []
         for task_id in ids:
             vector = report.vectors.get(task_id)
             if vector is None:
                 results.append({"result": [], "score": 0.0, "model_version": shown_as})
+                continue
+            if isinstance(head, MultiHead):  # several Choices: one result per tag
+                [(label, score)] = predict_encoded(head, torch.stack([vector]))
+                one = prediction(task_id, label, score, shown_as, "", project.to_name)
+                results.append({k: one[k] for k in ("result", "score", "model_version")})
                 continue
             probabilities = head.predict_proba(torch.stack([vector]))[0]
             index = int(probabilities.argmax())

@@ -29,6 +29,7 @@ from service.vision.backbone import BackboneSpec
 from service.vision.compare import paired, refit_predictions
 from service.vision.head import FOLDS, Head
 from service.vision.metrics import Metrics
+from service.vision.multitarget import MultiHead
 from storage import models
 from storage.db import reading
 
@@ -38,7 +39,7 @@ class Fitted:
     """A trained model before it is stored: what predicts, and what it was trained on."""
 
     spec: BackboneSpec  # the backbone whose embeddings `head` reads
-    head: Head
+    head: Head | MultiHead  # MultiHead: several Choices, or multiple choice
     metrics: Metrics | None
     task_ids: list[int]
     x: torch.Tensor | None  # the labeled embeddings under `spec` (head mode), for the gate
@@ -125,6 +126,11 @@ def compare(active: Any, fitted: Fitted) -> Comparison | str:
     name = active.version
     if fitted.metrics is None:
         return "too few labels to evaluate"
+    if isinstance(fitted.head, MultiHead):
+        return (
+            "the gate compares versions of one single-choice Choices, not of several Choices "
+            "or multiple choice"
+        )
     if fitted.x is None or fitted.predictions is None:
         return (
             f"a fine-tuned version is not compared with {name} (refitting both networks "

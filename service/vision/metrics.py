@@ -23,9 +23,15 @@ class Metrics:
     confusion: list[list[int]]  # rows: true label, columns: predicted, in `labels` order
     labels: list[str]
     scheme: str = "holdout"  # "holdout" (fold 0) or "5-fold" cross-validation
+    # several Choices or multiple choice (service/vision/multitarget.py): each tag's own figures;
+    # then `accuracy` is subset accuracy and `per_class` is keyed "tag: choice"
+    targets: dict[str, dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["targets"] is None:  # a one-Choices project's figures, as they always were
+            del data["targets"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Metrics:

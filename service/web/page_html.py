@@ -9,6 +9,7 @@ from html import escape
 from typing import Any
 
 from service.web import charts
+from service.web.page_targets import tags_html
 
 MAX_VERSIONS_SHOWN = 10
 MAX_CONFUSION_CLASSES = 30
@@ -125,7 +126,7 @@ def _project(p: dict[str, Any]) -> str:
     active = p["active_model"]
     if p["supported"] or active:
         stats.append(_active(active))
-    parts.append(f'<div class="stats">{"".join(stats)}</div>')
+    parts.append(f'<div class="stats">{"".join(stats)}</div>{tags_html(p)}')
     if not p["supported"] and not (p["versions"] or p["jobs"]):
         return "".join(parts) + "</section>"
     metrics = (active or {}).get("metrics") or {}

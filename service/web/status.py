@@ -19,6 +19,7 @@ def project_status(conn: Connection, project_id: int) -> dict[str, Any] | None:
         "supported": project.unsupported_reason is None,
         "unsupported_reason": project.unsupported_reason,
         "choices": project.choices,
+        "trained_tags": trained_tags(project),
         "events": events.count(conn, project_id),
         "annotations": labels.count_annotations(conn, project_id),
         "labeled_tasks": len(labels.training_labels(conn, project_id)),
@@ -30,6 +31,21 @@ def project_status(conn: Connection, project_id: int) -> dict[str, Any] | None:
             for task_id, error in labels.image_failures(conn, project_id)
         ],
     }
+
+
+def trained_tags(project: Any) -> list[dict[str, Any]]:
+    """The Choices tags the project's heads learn: ``[{name, choices, multiple}]``, in config
+    order; [] when the project is not supported."""
+    if project.unsupported_reason is not None:
+        return []
+    if project.targets:
+        return [
+            {"name": t["from_name"], "choices": t["choices"], "multiple": bool(t["multiple"])}
+            for t in project.targets
+        ]
+    if project.from_name is None:
+        return []
+    return [{"name": project.from_name, "choices": project.choices, "multiple": False}]
 
 
 def projects_overview(conn: Connection) -> list[dict[str, Any]]:

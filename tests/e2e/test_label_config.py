@@ -1,8 +1,8 @@
 """A label config changed in Label Studio re-reads labelloop's labels (PROJECT_UPDATED webhook).
 
-Annotations folded while the config was unsupported (here: multiple choice) get their labels once
-it is fixed; a choice removed from the config stops being a training label (Label Studio 1.23.2
-accepts removing a choice that annotations use).
+Annotations folded while the config was unsupported (here: a TextArea beside the Choices) get
+their labels once it is fixed; a choice removed from the config stops being a training label
+(Label Studio 1.23.2 accepts removing a choice that annotations use).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from test_loop import LABEL_CONFIG, color_of, make_images
 
-MULTIPLE = LABEL_CONFIG.replace('toName="image">', 'toName="image" choice="multiple">')
+UNSUPPORTED = LABEL_CONFIG.replace("</View>", '<TextArea name="notes" toName="image"/></View>')
 WITH_GREEN = LABEL_CONFIG.replace('<Choice value="blue"/>', '<Choice value="green"/>')
 
 
@@ -29,7 +29,7 @@ def test_label_config_changes_re_derive_the_labels(label_studio: Any, labelloop_
     ll = labelloop_serve(project_id, threshold=100)
     assert ll.run_cli("register", "--project", str(project_id)).returncode == 0
 
-    set_config(ls, project_id, MULTIPLE)  # unsupported: labelloop trains single-label
+    set_config(ls, project_id, UNSUPPORTED)  # a TextArea: labelloop trains Choices only
     ll.wait_for(lambda s: not s["supported"], 30, "the unsupported config by webhook")
     for task in tasks:
         ls.annotate(task["id"], color_of(task, names))

@@ -142,21 +142,19 @@ def test_other_actions_fold_without_counting(engine: Engine, action: str) -> Non
 
 
 def test_a_value_the_database_refuses_skips_only_its_event(engine: Engine) -> None:
-    # Postgres refuses a label longer than its column (SQLite stores it): the batch is folded
-    # again event by event, and only that event is skipped.
-    too_long = "x" * 300
+    # Postgres refuses an updated_at longer than its column (SQLite stores it): the batch is
+    # folded again event by event, and only that event is skipped. (Labels are text since
+    # several Choices are encoded in them: any length fits.)
+    too_long = "2026-11-29T10:00:00.000000Z" + "0" * 100
     bodies = [
         payloads.annotation_event(10, 100, "red"),
-        payloads.annotation_event(11, 101, too_long),
+        payloads.annotation_event(11, 101, "red", updated_at=too_long),
         payloads.annotation_event(12, 102, "blue"),
     ]
-    offered = payloads.LABEL_CONFIG.replace("<Choice ", f'<Choice value="{too_long}"/><Choice ', 1)
-    for body in bodies:  # a label is one of the config's choices
-        body["project"] = payloads.project(label_config=offered)
     post(engine, *bodies, threshold=10)
     expected = {100: "red", 102: "blue"}
     if engine.dialect.name == "sqlite":
-        expected[101] = too_long
+        expected[101] = "red"
     assert state(engine) == (len(expected), expected, len(expected))
     with engine.begin() as conn:
         assert events.claim_unfolded(conn) == []

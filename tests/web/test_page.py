@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.settings import DatabaseSettings, ServerSettings, Settings, TrainingSettings
-from service.web import page, page_html, session
+from service.web import page, page_html, page_targets, session
 from storage import labels
 from storage.db import create_engine
 from tests import status_seed
@@ -233,3 +233,23 @@ def test_active_version_without_metrics_or_cross_validated() -> None:
     five_fold = {"accuracy": 0.75, "macro_f1": 0.7, "scheme": "5-fold", "n_holdout": 12}
     cross_validated = page_html._active({**version, "metrics": five_fold})
     assert "75.0%" in cross_validated and "by 5-fold cross-validation" in cross_validated
+
+
+def test_the_page_names_the_trained_tags_and_their_figures() -> None:
+    tags = [
+        {"name": "parity", "choices": ["odd", "even"], "multiple": False},
+        {"name": "tags", "choices": ["even", "loop"], "multiple": True},
+    ]
+    targets = {
+        "parity": {"multiple": False, "accuracy": 0.9, "macro_f1": 0.88, "n_holdout": 40},
+        "tags": {"multiple": True, "micro_f1": 0.81, "macro_f1": 0.8, "subset_accuracy": 0.6,
+                 "n_holdout": 40},
+    }  # fmt: skip
+    shown = page_targets.tags_html(
+        {"trained_tags": tags, "active_model": {"metrics": {"targets": targets}}}
+    )
+    assert "Trained tags: <code>parity</code>" in shown and "<code>tags</code>" in shown
+    assert "multiple choice" in shown and "81.0%" in shown and "60.0%" in shown
+    classic = page_targets.tags_html({"trained_tags": tags[:1], "active_model": None})
+    assert "<code>parity</code>" in classic and "<table>" not in classic
+    assert page_targets.tags_html({"trained_tags": []}) == ""
