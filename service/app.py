@@ -30,7 +30,7 @@ from service.jobs.catchup import catch_up_all
 from service.jobs.schedules import start_scheduler
 from service.logs import RequestIdMiddleware
 from service.settings import Settings
-from service.web import control, mlbackend, page
+from service.web import control, mlbackend, page, suspects
 from service.web.metrics import metrics_endpoint
 
 logger = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ def create_app(
         Route("/projects/{project_id:int}", control.get_project, methods=["GET"]),
         Route("/projects/{project_id:int}/train", control.train, methods=["POST"]),
         Route("/projects/{project_id:int}/models", control.list_models, methods=["GET"]),
+        Route("/projects/{project_id:int}/suspects", suspects.list_suspects, methods=["GET"]),
         Route(
             "/projects/{project_id:int}/models/{version}/activate",
             control.activate,

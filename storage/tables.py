@@ -98,6 +98,8 @@ annotations = sa.Table(
     # Label Studio's result list, as JSON text: labels are read from it again whenever the
     # project's label config changes (service/ingest/relabel.py). NULL on tombstones.
     sa.Column("result", sa.Text),
+    # Label Studio's ``completed_by`` (a user id); NULL when it was not sent, or before 0007.
+    sa.Column("annotator", sa.Integer),
 )
 
 jobs = sa.Table(
@@ -190,4 +192,21 @@ pushed = sa.Table(
     sa.Column("score", sa.Float, nullable=False),
     sa.Column("version", sa.String(64), nullable=False),
     sa.Column("state", sa.String(16), nullable=False),  # pushed | uncertain
+)
+
+# The label-review queue: the annotations the newest head version's out-of-fold probabilities
+# confidently disagree with (service/vision/suspects.py), one row per task, replaced as a whole
+# after each head retrain. ``label`` is the label trained on; a suspect whose annotation has
+# since changed or gone is not listed (storage/suspects.py reads them against ``annotations``).
+suspects = sa.Table(
+    "suspects",
+    metadata,
+    sa.Column("project_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("task_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("annotation_id", sa.Integer, nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("label", sa.String(255), nullable=False),
+    sa.Column("predicted", sa.String(255), nullable=False),
+    sa.Column("score", sa.Float, nullable=False),  # 0..1, higher is more suspicious
+    sa.Column("annotator", sa.Integer),
 )

@@ -57,6 +57,8 @@ class FakeLabelStudio:
     listings: int = 0
     calls: list[str] = field(default_factory=list)  # "METHOD path?query" of every request
     next_id: int = 0  # the last prediction id given (ids are never reused, as in Label Studio)
+    views: dict[int, dict[str, Any]] = field(default_factory=dict)  # Data Manager tabs, by id
+    fail_views: bool = False  # answer every /api/dm/views/ call with 500
 
     def add_prediction(self, prediction: dict[str, Any]) -> dict[str, Any]:
         """Store a prediction as another client (another model, an earlier install) would."""
@@ -160,7 +162,35 @@ class FakeLabelStudio:
             return httpx.Response(200, json=versions)
         if path == f"{project_path}import/predictions":
             return self._import(json.loads(request.content))
+        if path.startswith("/api/dm/views/"):
+            return self._views(request)
         return httpx.Response(404, json={"detail": "Not found."})
+
+    def _views(self, request: httpx.Request) -> httpx.Response:
+        """Data Manager tabs as Label Studio 1.23.2 keeps them: ``data`` with its ``filters``."""
+        if self.fail_views:
+            return httpx.Response(500, text="server error")
+        path = request.url.path
+        if path == "/api/dm/views/" and request.method == "GET":
+            project = int(request.url.params["project"])
+            return httpx.Response(
+                200, json=[v for _, v in sorted(self.views.items()) if v["project"] == project]
+            )
+        if path == "/api/dm/views/" and request.method == "POST":
+            body = json.loads(request.content)
+            view_id = max(self.views, default=0) + 1
+            self.views[view_id] = {"id": view_id, "project": body["project"], "data": body["data"]}
+            return httpx.Response(201, json=self.views[view_id])
+        view_id = int(path.rstrip("/").rsplit("/", 1)[1])
+        if view_id not in self.views:
+            return httpx.Response(404, json={"detail": "Not found."})
+        if request.method == "PATCH":
+            self.views[view_id]["data"] = json.loads(request.content)["data"]
+            return httpx.Response(200, json=self.views[view_id])
+        if request.method == "DELETE":
+            del self.views[view_id]
+            return httpx.Response(204)
+        return httpx.Response(405, json={"detail": "Method not allowed."})
 
     def _tasks_page(self, page: int, size: int, after: int = 0) -> httpx.Response:
         ordered = [self.tasks[k] for k in sorted(self.tasks) if k > after]

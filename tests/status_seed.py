@@ -1,7 +1,8 @@
 """A realistic project history written with the storage functions, for the status page tests.
 
 Project 3 ("Garden birds"): 3 versions with rising accuracy (v3 active), succeeded, failed and
-running jobs, two images that failed to load. Project 4: a text project labelloop cannot train.
+running jobs, two images that failed to load, three annotators and four suspects (the
+label-review queue). Project 4: a text project labelloop cannot train.
 """
 
 import json
@@ -12,7 +13,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from service.vision.metrics import compute_metrics
-from storage import events, jobs, labels, models
+from storage import events, jobs, labels, models, suspects
 from storage.db import utcnow
 from storage.tables import jobs as jobs_table
 from storage.tables import model_versions
@@ -30,6 +31,8 @@ FAILED_JOB_ERROR = (
     "LabelStudioUnavailable: GET http://label-studio:8080/api/projects/3/tasks: "
     "ConnectError after 5 attempts"
 )
+ANNOTATORS = (11, 12, 13)  # Label Studio user ids; annotation n is by ANNOTATORS[n % 3]
+SUSPECTS = {9: 0.97, 30: 0.91, 12: 0.84, 45: 0.62}  # task -> score (its annotation: task + 1000)
 IMAGE_ERRORS = {
     17: "download failed: http 404",
     41: "not decodable: cannot identify image file",
@@ -82,6 +85,7 @@ def seed(
     for n in range(1, 53):
         when = (start + timedelta(minutes=20 * n)).isoformat()
         row = {"id": n + 1000, "task_id": n, "project_id": BIRDS, "label": classes[n % 5 // 2]}
+        row["annotator"] = ANNOTATORS[n % 3]
         labels.save_annotations(
             conn, [{**row, "was_cancelled": False, "deleted": False, "updated_at": when}]
         )
@@ -128,6 +132,18 @@ def seed(
             _finished_job(
                 conn, "schedule", "finetune", queued + timedelta(hours=2), 12, None, "failed"
             )
+    rows = [
+        {
+            "task": task,
+            "annotation": task + 1000,
+            "label": classes[task % 5 // 2],
+            "predicted": classes[(task % 5 // 2 + 1) % 3],
+            "score": score,
+            "annotator": ANNOTATORS[task % 3],
+        }
+        for task, score in SUSPECTS.items()
+    ]
+    suspects.replace(conn, BIRDS, "labelloop-v3", rows)
     job_id, _ = jobs.enqueue(conn, BIRDS, "threshold")
     jobs.claim(conn)
     jobs.heartbeat(conn, job_id, {"stage": "embedding", "done": 24, "total": 70}, lease=1)

@@ -271,6 +271,7 @@ class _State:
             "deleted": False,
             "updated_at": new.updated_at,
             "result": dump_result(new.result),
+            "annotator": new.annotator,
         }
         self.annotation_writes.add(new.id)
         if _is_training_data(old) or (label is not None and not new.was_cancelled):
@@ -284,7 +285,7 @@ class _State:
         if old is None:  # never seen: remember the deletion so a late create cannot revive it
             tombstone = {"task_id": 0, "project_id": project_id, "updated_at": ""}
             old = {"id": annotation_id, "was_cancelled": False, **tombstone}
-            old.update(label=None, result=None)
+            old.update(label=None, result=None, annotator=None)
         elif _is_training_data(old):
             self.changes[old["project_id"]] += 1
             self.changed_projects.add(project_id)

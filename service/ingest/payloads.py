@@ -70,6 +70,7 @@ class AnnotationSeen:
     was_cancelled: bool
     updated_at: str
     result: Any  # Label Studio's result list, as sent
+    annotator: int | None = None  # Label Studio's ``completed_by`` user id, when sent
 
     def label(self, from_name: str | None, choices: Collection[str] | None) -> str | None:
         """What ``read_label`` reads in this annotation; None for a skip."""
@@ -163,7 +164,19 @@ def _annotation(raw: Mapping[str, Any]) -> AnnotationSeen:
         was_cancelled=bool(raw.get("was_cancelled", False)),
         updated_at=str(raw.get("updated_at") or raw.get("created_at") or ""),
         result=raw.get("result") or [],
+        annotator=annotator_of(raw.get("completed_by")),
     )
+
+
+def annotator_of(completed_by: Any) -> int | None:
+    """The user id in an annotation's ``completed_by``: an id, or a user object with one
+    (None for anything else: who annotated is shown, never needed)."""
+    if isinstance(completed_by, Mapping):
+        completed_by = completed_by.get("id")
+    try:
+        return as_id(completed_by)
+    except ValueError:
+        return None
 
 
 def _tasks(raw: Any) -> list[dict[str, Any]]:

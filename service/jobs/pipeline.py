@@ -2,6 +2,7 @@
 
 train: the project's tasks (read from the log) -> embeddings (cached) -> head on labeled tasks ->
        evaluation -> version stored -> promotion gate -> (if promoted) activate and push
+       -> suspects (the label-review queue) and Label Studio's review tab
 push:  the active version's predictions for the unlabeled tasks, what changed only, under the
        project's one Label Studio name -> project model_version
 """
@@ -22,6 +23,7 @@ from service.jobs.embedding import Embedder, EmbedReport
 from service.jobs.finetune_images import load_images
 from service.jobs.multitarget import FINETUNE_REFUSED, fit_targets, mismatch
 from service.jobs.predictions import push_predictions
+from service.jobs.review import review
 from service.jobs.threads import in_daemon_thread
 from service.jobs.versions import (
     Fitted,
@@ -110,6 +112,10 @@ class Pipeline:
         logger.info("project %d: %s (%s): %s", project_id, version, kind, decision.reason)
         if decision.promote:
             await self._push(snapshot, version, fitted, settings, progress, job_id, lease)
+        progress["stage"] = "reviewing labels"  # the suspects, and Label Studio's review tab
+        found = await review(self.services, project_id, version, fitted, job_id=job_id, lease=lease)
+        if found is not None:
+            progress["suspects"] = found
         progress["stage"] = "done"
         return Outcome("succeeded", model_version=version, note=decision.reason)
 

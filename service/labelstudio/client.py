@@ -25,6 +25,7 @@ from service.labelstudio.image_fetch import ImageFetcher, Resolve, resolve_host
 from service.labelstudio.media import image_target, shown
 from service.labelstudio.predictions import PredictionsAPI
 from service.labelstudio.transport import Transport
+from service.labelstudio.views import ViewsAPI
 
 WEBHOOK_ACTIONS: tuple[str, ...] = (
     "ANNOTATION_CREATED",
@@ -61,10 +62,10 @@ def _tasks_after(task_id: int) -> str:
 _SSRF = re.compile(r"reserved|private|network address|not allowed|ssrf", re.IGNORECASE)
 
 
-class LabelStudio(PredictionsAPI):
+class LabelStudio(PredictionsAPI, ViewsAPI):
     """Async client for one Label Studio instance; share one per process and ``aclose()`` it.
 
-    Its predictions endpoints are in ``PredictionsAPI``."""
+    Its predictions endpoints are in ``PredictionsAPI``, its Data Manager tabs in ``ViewsAPI``."""
 
     def __init__(
         self,

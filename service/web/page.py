@@ -20,6 +20,7 @@ from service.context import Services
 from service.web import page_html, session, status
 from service.web.auth import bearer_allowed
 from storage import labels, models
+from storage import suspects as suspects_store
 from storage.db import reading
 
 HEADERS = {
@@ -84,6 +85,10 @@ def gather(services: Services) -> list[dict[str, Any]]:
             versions = models.listing(conn, project.id)
             body["versions"] = [status.version_summary(row) for row in versions]
             body["threshold"] = services.settings.training_for(project.id).threshold
+            body["label_studio_url"] = services.settings.label_studio.url
+            if versions:  # the review section: reviewed by the head version that made them
+                body["suspects"] = suspects_store.listing(conn, project.id)
+                body["annotators"] = suspects_store.annotator_rates(conn, project.id)
             projects.append(body)
         return projects
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
-from service.web import charts
+from service.web import charts, page_suspects
 from service.web.page_targets import tags_html
 
 MAX_VERSIONS_SHOWN = 10
@@ -139,6 +139,7 @@ def _project(p: dict[str, Any]) -> str:
             f'<div class="grid"><div><h3>Held-out quality by version</h3>{chart or _none()}'
             f"</div><div><h3>Recall per class</h3>{_recall(metrics)}{confusion}</div></div>"
         )
+    parts.append(page_suspects.section(p))
     parts.append(f"<h3>Versions</h3>{_versions(p['versions'])}")
     parts.append(f"<h3>Recent jobs</h3>{_jobs(p['jobs'])}")
     parts.append(f"<h3>Images that failed to load</h3>{_failures(p['image_failures'])}")

@@ -124,6 +124,8 @@ def test_status_page_renders_in_a_browser(chromium: str, served: str, tmp_path: 
     assert '<table class="confusion">' in dom
     assert "ConnectError after 5 attempts" in dom  # the failed job's error
     assert "download failed: http 404" in dom  # an image that failed to load
+    assert "Label review: 4 suspects" in dom and "Disagreement by annotator" in dom
+    assert '<table class="suspects">' in dom and "/projects/3/data?task=9" in dom
 
     login = browse(chromium, served, tmp_path / "profile-login", "--dump-dom")
     assert 'name="token"' in login and "Garden birds" not in login

@@ -11,7 +11,7 @@ from service.context import Services
 from service.ingest.fold_loop import fold_all
 from service.jobs.predictor import Predictor
 from service.jobs.worker import Worker
-from storage import events, jobs, labels, models
+from storage import events, jobs, labels, models, suspects
 from tests import payloads
 from tests.fake_labelstudio import BLUE, RED, FakeLabelStudio, color_image
 
@@ -119,6 +119,11 @@ async def test_two_choices_train_a_head_each_and_predict_one_result_per_tag(
     assert all(0.0 <= p["score"] <= 1.0 for p in fake.predictions)
     right = sum(answer["label"] == ["red" if red(t) else "blue"] for t, answer in shown.items())
     assert right >= 3
+    # Label combinations are no classes for confident learning: no review queue (yet).
+    with services.engine.begin() as conn:
+        job = jobs.recent(conn, 1)[0]
+        assert suspects.listing(conn, 1) == []
+    assert job.status == "succeeded" and "suspects" not in (job.progress or {})
 
 
 @pytest.mark.parametrize("fake", [MULTIPLE], indirect=True)
