@@ -150,7 +150,7 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                     new = list(range(low, low + args.new))
                     for task_id in new:
                         fake.add_task(task_id, pngs[task_id - 1])
-                annotate(services, *[(t, t, labels[t - 1], stamp) for t in new])
+                annotate(services, *[(t, t, labels[t - 1], stamp) for t in new], fake=fake)
                 labeled += len(new)
                 for kind in ("train", "finetune"):
                     result = await run_job(services, worker, kind)
