@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=NEAR_DUPLICATE)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/labelloop-digits-emb.pt"))
     args = parser.parse_args()
+    torch.manual_seed(0)  # the simulated second shots and the 10,000 rows: the same every run
     x, labels = embed(args.size, args.cache)
     ids = list(range(1, len(labels) + 1))  # task ids as Label Studio would number them
 

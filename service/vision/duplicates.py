@@ -6,7 +6,8 @@ above a threshold. Raw ResNet embeddings come out of a ReLU and an average pool,
 of them has a high cosine; standardised, unrelated images sit near 0 and only near-copies
 (burst shots, video frames, the same scan twice) come close to 1.
 
-`split_ids` groups them (connected components: a chain of near-copies is one group) and gives
+`split_ids` groups them (connected components of the graph joining each image to its most
+similar later ones above the threshold: a chain of near-copies is one group) and gives
 every task the smallest task id of its group, so the held-out split (``service.vision.head``),
 which buckets tasks by id, keeps a group on one side: the held-out accuracy is not inflated by
 scoring a model on near-copies of what it was trained on. The similarity matrix is computed in
@@ -20,6 +21,10 @@ from collections.abc import Sequence
 import torch
 
 CHUNK = 1024
+# Each row is joined to at most this many of its most similar later rows: a group of thousands
+# of near-identical frames costs N x 16 joins, not N^2 / 2 (still one group: every member
+# joins a later one, up to the last).
+NEIGHBOURS = 16
 
 
 def standardised_units(
@@ -55,12 +60,15 @@ def split_ids(embeddings: torch.Tensor, task_ids: Sequence[int], threshold: floa
         unit = standardised_units(embeddings)
         for start in range(0, n, CHUNK):
             block = unit[start : start + CHUNK] @ unit[start:].T  # this chunk against later rows
-            rows, cols = (block > threshold).nonzero(as_tuple=True)
+            block.triu_(diagonal=1).masked_fill_(block == 0, -1.0)  # each pair once, i < j
+            k = min(NEIGHBOURS, block.shape[1])
+            similar, later = block.topk(k, dim=1)
+            rows, ranks = (similar > threshold).nonzero(as_tuple=True)
+            cols = later[rows, ranks]
             for i, j in zip((rows + start).tolist(), (cols + start).tolist(), strict=True):
-                if i < j:
-                    a, b = root(i), root(j)
-                    if a != b:
-                        parent[max(a, b)] = min(a, b)
+                a, b = root(i), root(j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
     smallest: dict[int, int] = {}
     for i, task_id in enumerate(task_ids):
         r = root(i)

@@ -61,6 +61,16 @@ def test_chunks_find_pairs_across_chunk_boundaries(monkeypatch: pytest.MonkeyPat
     assert split_ids(x, list(range(40)), 0.95) == whole
 
 
+def test_a_large_burst_is_one_group() -> None:
+    """3,000 frames of one scene among 200 other images: one group, though each row is joined
+    to at most NEIGHBOURS later rows (all pairs would be 4.5 million joins)."""
+    group_of = [0] * 3000 + list(range(1, 201))
+    x = _copies(group_of, noise=0.005)
+    split = split_ids(x, list(range(3200)), 0.95)
+    assert split[:3000] == [0] * 3000
+    assert split[3000:] == list(range(3000, 3200))
+
+
 def _near_copy_data(images: int) -> tuple[torch.Tensor, list[str], list[int], list[int]]:
     """``images`` images, five copies each (task ids i, 1000 + i, ..., 4000 + i), labelled at
     random: a head is right on held-out tasks only by remembering copies it was trained on."""
