@@ -311,13 +311,15 @@ def report(result: dict[str, Any]) -> None:
           f"{result['model_version']!r}, labelloop's name {result['name']!r})")  # fmt: skip
 
 
-def epsilon_study(rounds: int = 5) -> None:
-    """How far a +20-label retrain moves digits' predictions (no Label Studio)."""
+def epsilon_study(rounds: int = 5, sampling: str = "least_confidence") -> None:
+    """How far a +20-label retrain moves digits' predictions' scores under the ``sampling``
+    rule (no Label Studio)."""
     import torch
 
     from service.vision.backbone import Backbone, BackboneSpec
     from service.vision.head import train_head
     from service.vision.images import decode_image, preprocess
+    from service.vision.ranking import uncertainty_scores
 
     pngs, targets = digit_pngs()
     backbone = Backbone(BackboneSpec("resnet18", "none", 64), torch.device("cpu"))
@@ -330,7 +332,7 @@ def epsilon_study(rounds: int = 5) -> None:
         n = FIRST_LABELS + STEP * r
         head = train_head(x[:n], targets[:n], ids[:n]).head
         probs = head.predict_proba(x[FIRST_LABELS + STEP * rounds :])
-        scores, index = probs.max(dim=1)
+        scores, index = uncertainty_scores(probs, sampling), probs.argmax(dim=1)
         if previous is not None:
             changed = (index != previous[1]).float().mean().item()
             same = index == previous[1]
@@ -348,9 +350,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--epsilon", action="store_true")
     parser.add_argument("--ls-import-flag", action="store_true")
+    parser.add_argument("--sampling", default="least_confidence", help="--epsilon's score rule")
     args = parser.parse_args()
     if args.epsilon:
-        epsilon_study(args.rounds)
+        epsilon_study(args.rounds, args.sampling)
         return
     pngs, targets = digit_pngs()
     for size in (int(s) for s in args.sizes.split(",")):

@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 ENV_PREFIX = "LABELLOOP_"
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
+SAMPLING_RULES = ("least_confidence", "margin", "entropy")  # service/vision/ranking.py
 MODES = ("head", "finetune")
 _INTERVAL = re.compile(r"^(\d+)\s*([smhd])$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -101,6 +102,14 @@ class TrainingSettings:
     # Images whose header declares more pixels are refused before decoding (decompression
     # bombs). 150 MP takes 100 MP photos; JPEGs are decoded at reduced scale whatever their size.
     max_image_pixels: int = 150_000_000
+    # The pushed score (Label Studio sorts by it; low = look first): "least_confidence" (the
+    # top probability), "margin" (top minus runner-up) or "entropy" (service/vision/ranking).
+    sampling: str = "margin"
+    # Move near-duplicates among the 200 most uncertain tasks behind the first of them.
+    diverse: bool = True
+    # Cosine similarity of standardised embeddings above which two images are near-duplicates:
+    # a group stays on one side of the held-out split, and `diverse` spreads them out.
+    near_duplicate: float = 0.95
 
 
 @dataclass(frozen=True)
@@ -327,6 +336,10 @@ def _validate_training(name: str, training: TrainingSettings) -> None:
         raise SettingsError(f"{name}.image_size: must be between 32 and 1024")
     if not 1_000_000 <= training.max_image_pixels <= 2_000_000_000:
         raise SettingsError(f"{name}.max_image_pixels: must be between 1000000 and 2000000000")
+    if training.sampling not in SAMPLING_RULES:
+        raise SettingsError(f"{name}.sampling: expected one of {', '.join(SAMPLING_RULES)}")
+    if not 0.5 <= training.near_duplicate <= 1.0:
+        raise SettingsError(f"{name}.near_duplicate: must be between 0.5 and 1")
     try:
         parse_schedule(training.schedule)
     except ValueError as exc:

@@ -137,3 +137,23 @@ def drop_old_weights(conn: Connection, project_id: int, keep: int) -> list[str]:
         )
     ).scalars()
     return sorted(gone - set(still_held))
+
+
+def label_counts(conn: Connection, project_id: int, limit: int) -> dict[str, dict[str, int]]:
+    """Version -> label -> how many labels of it the version was trained on, for those of the
+    newest ``limit`` versions that kept their training labels (the status page's label budget)."""
+    stmt = (
+        sa.select(model_versions.c.version, model_versions.c.training_labels)
+        .where(model_versions.c.project_id == project_id)
+        .order_by(model_versions.c.id.desc())
+        .limit(limit)
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for row in conn.execute(stmt):
+        if row.training_labels is None:  # made before versions kept them
+            continue
+        per_label: dict[str, int] = {}
+        for label in row.training_labels.values():
+            per_label[str(label)] = per_label.get(str(label), 0) + 1
+        counts[str(row.version)] = per_label
+    return counts

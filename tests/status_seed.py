@@ -115,6 +115,8 @@ def seed(
                 "backbone": "resnet18/imagenet/224",
                 "labels": list(classes),
                 "trained_on": trained_on,
+                # the first `trained_on` tasks, labelled as the annotations below say
+                "training_labels": {str(n): classes[n % 5 // 2] for n in range(1, trained_on + 1)},
                 "metrics": metrics,
                 "head": b"",
                 "settings": {},
@@ -157,8 +159,9 @@ def _finished_job(
     seconds: int,
     version: str | None,
     status: str = "succeeded",
+    project: int = BIRDS,
 ) -> int:
-    job_id, _ = jobs.enqueue(conn, BIRDS, reason, kind=kind)
+    job_id, _ = jobs.enqueue(conn, project, reason, kind=kind)
     jobs.claim(conn)
     progress: dict[str, Any] = {"stage": "done", "done": 70, "total": 70}
     if status == "succeeded":
@@ -179,3 +182,82 @@ def _finished_job(
         )
     )
     return job_id
+
+
+DIGITS = 5
+# Label config order: not alphabetical (alphabetically Eight, Five, Four, Nine, One, ...).
+DIGIT_CLASSES = ("Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine")
+# Labels per class of each version (config order), and the held-out recall per class: v3 adds
+# labels to Three, Five and Eight; Eight gains most, Three a little, Five nothing.
+DIGIT_COUNTS = [
+    [10, 10, 10, 10, 10, 10, 10, 10, 10, 10],
+    [20, 20, 20, 20, 20, 20, 20, 20, 20, 20],
+    [20, 20, 20, 40, 20, 40, 20, 20, 60, 20],
+]
+DIGIT_RECALL = [
+    [0.9, 0.9, 0.6, 0.5, 0.7, 0.6, 0.8, 0.7, 0.4, 0.6],
+    [1.0, 1.0, 0.7, 0.6, 0.8, 0.7, 0.9, 0.8, 0.5, 0.7],
+    [1.0, 1.0, 0.7, 0.7, 0.8, 0.7, 0.9, 0.8, 0.9, 0.7],
+]
+
+
+def seed_digits(conn: Connection) -> None:
+    """Project 5 ("Digits"): ten classes in the label config's (non-alphabetical) order, three
+    versions whose stored metrics list the classes alphabetically, as the head sorts them."""
+    start = utcnow() - timedelta(days=1)
+    labels.save_project(
+        conn,
+        DIGITS,
+        {
+            "title": "Digits",
+            "label_config": "<View>...</View>",
+            "image_key": "image",
+            "from_name": "digit",
+            "to_name": "image",
+            "choices": list(DIGIT_CLASSES),
+            "unsupported_reason": None,
+        },
+    )
+    alphabetical = sorted(DIGIT_CLASSES)
+    for index, (counts, recall) in enumerate(zip(DIGIT_COUNTS, DIGIT_RECALL, strict=True), 1):
+        training: dict[str, str] = {}
+        task = 10_000
+        for name, count in zip(DIGIT_CLASSES, counts, strict=True):
+            for _ in range(count):
+                task += 1
+                training[str(task)] = name
+        confusion = _confusion_with_recall(
+            alphabetical, dict(zip(DIGIT_CLASSES, recall, strict=True))
+        )
+        queued = start + timedelta(hours=4 * index)
+        job_id = _finished_job(
+            conn, "manual", "train", queued, 20, f"labelloop-v{index}", project=DIGITS
+        )
+        version = models.next_version(conn, DIGITS)
+        models.add(
+            conn,
+            DIGITS,
+            version,
+            {
+                "job_id": job_id,
+                "backbone": "resnet18/imagenet/224",
+                "labels": alphabetical,
+                "trained_on": len(training),
+                "training_labels": training,
+                "metrics": metrics_of(confusion, alphabetical),
+                "head": b"",
+                "settings": {},
+                "promotion": "first version" if index == 1 else "promoted: more labels",
+            },
+        )
+        models.activate(conn, DIGITS, version)
+
+
+def _confusion_with_recall(names: list[str], recall: dict[str, float]) -> list[list[int]]:
+    """Ten held-out tasks per class; a class's misses go to the next class (alphabetically)."""
+    confusion = [[0] * len(names) for _ in names]
+    for i, name in enumerate(names):
+        right = round(recall[name] * 10)
+        confusion[i][i] = right
+        confusion[i][(i + 1) % len(names)] = 10 - right
+    return confusion

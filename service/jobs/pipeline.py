@@ -19,7 +19,7 @@ import torch
 from service.context import Services
 from service.ingest import relabel
 from service.jobs.catchup import learn_if_new
-from service.jobs.embedding import Embedder, EmbedReport
+from service.jobs.embedding import Embedder, EmbedReport, image_uri
 from service.jobs.finetune_images import load_images
 from service.jobs.multitarget import FINETUNE_REFUSED, fit_targets, mismatch
 from service.jobs.predictions import push_predictions
@@ -32,15 +32,18 @@ from service.jobs.versions import (
     prepare_gate,
     register,
     state_bytes,
+    unchanged_since,
     version_spec,
 )
 from service.labelstudio.labelconfig import project_row
 from service.settings import TrainingSettings
 from service.vision.backbone import BackboneSpec, resolve_device
+from service.vision.duplicates import split_ids
 from service.vision.finetune import FinetuneResult, finetune
 from service.vision.head import TrainResult, train_head
 from service.vision.image_store import ImageStore
 from service.vision.multitarget import TargetError, load_model
+from service.vision.ranking import Ranking
 from storage import jobs, labels, models
 from storage.db import reading
 
@@ -60,6 +63,17 @@ class Snapshot:
     project: Any
     tasks: list[Any]
     labeled: dict[int, str]  # task id -> label
+
+    def unchanged_labels(self) -> dict[int, str] | None:
+        """The labels a training would use (those of live tasks), if every labeled task's
+        image is known as its data names it now; None while one is not (never fetched, failed,
+        or its URL changed): a training fetches it. (Unlabeled ones are the push's to fetch.)"""
+        key = self.project.image_key
+        live = {t.id: t for t in self.tasks if t.id in self.labeled}
+        for task in live.values():
+            if not task.image_hash or task.image_uri != image_uri(task, key):
+                return None
+        return {tid: label for tid, label in self.labeled.items() if tid in live}
 
     def unlabeled(self, vectors: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         return {
@@ -84,6 +98,13 @@ class Pipeline:
             return Outcome("skipped", error=f"unsupported project: {reason}")
         if len(set(snapshot.labeled.values())) < 2:
             return Outcome("skipped", error="need labels of at least two classes to train")
+        active = await self._db(models.active, project_id)
+        same = snapshot.unchanged_labels()
+        if same is not None and unchanged_since(active, same, settings, kind):
+            # The same labels and recipe would remake it: no version, but its predictions are
+            # brought up to date (a delta: nothing is written when Label Studio holds them).
+            await self.push(project_id, None, progress, job_id=job_id, lease=lease)
+            return Outcome("succeeded", note=f"nothing changed since {active.version}")
 
         if kind == "finetune" and snapshot.project.targets:
             return Outcome("skipped", error=FINETUNE_REFUSED)
@@ -173,10 +194,13 @@ class Pipeline:
         if snapshot.project.targets:  # several Choices, or multiple choice: a head each
             attempted = {t.id for t in snapshot.tasks}
             return await fit_targets(spec, snapshot.project.targets, ids, x, y, report, attempted)
-        result: TrainResult = await in_daemon_thread(train_head, x, y, ids)
+        # Near-duplicates share a side of the held-out split (service/vision/duplicates.py).
+        split = await in_daemon_thread(split_ids, x, ids, settings.near_duplicate)
+        result: TrainResult = await in_daemon_thread(train_head, x, y, ids, split_ids=split)
         attempted = {t.id for t in snapshot.tasks}
         fitted = Fitted(spec, result.head, result.metrics, ids, x, y, report.vectors, attempted)
         fitted.predictions = result.held_out  # what the gate compares with the active version
+        fitted.split = dict(zip(ids, split, strict=True))
         return fitted
 
     async def _finetune(
@@ -304,6 +328,7 @@ class Pipeline:
             guard=lambda conn: jobs.check_lease(conn, job_id, lease),
             progress=_stage(progress, "pushing"),
             still_active=still_active,
+            ranking=Ranking(settings.sampling, settings.diverse, settings.near_duplicate),
         )
         progress.update(pushed.progress())
         self.services.metrics.pushed(pushed.written)

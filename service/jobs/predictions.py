@@ -29,8 +29,10 @@ from service.jobs.multitarget import predict_encoded
 from service.labelstudio.client import LabelStudio
 from service.labelstudio.errors import LabelStudioUnavailable
 from service.labelstudio.targets import result_items
+from service.vision.duplicates import standardised_units
 from service.vision.head import Head
 from service.vision.multitarget import MultiHead
+from service.vision.ranking import Ranking
 from storage import pushed
 from storage.pushed import UNCERTAIN, Held
 
@@ -57,6 +59,7 @@ BASE_NAME = "labelloop"
 # predictions a second logs a hint naming it.
 LS_IMPORT_FLAG = "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"
 SLOW_IMPORT_S = 4.0
+DEFAULT_RANKING = Ranking()  # [training] sampling, diverse, near_duplicate at their defaults
 DELETE_CONCURRENCY = 8
 
 Db = Callable[..., Awaitable[Any]]  # runs fn(conn, *args) in one transaction
@@ -105,15 +108,17 @@ async def push_predictions(
     guard: Callable[[Connection], None] = lambda conn: None,
     progress: Callable[[int, int], None] = lambda done, total: None,
     still_active: Callable[[], Awaitable[bool]] | None = None,
+    ranking: Ranking = DEFAULT_RANKING,
 ) -> PushReport:
     """Predict ``vectors`` (task id -> embedding) and bring Label Studio to them.
 
     ``from_name`` "": several Choices or multiple choice, labels encoded, one result per tag.
     ``tasks``: every task the project has (rows of others are forgotten: Label Studio deleted
-    their predictions with them). ``guard(conn)`` runs in each transaction that begins a write
+    their predictions with them). ``ranking``: how scores are made ([training] sampling,
+    diverse). ``guard(conn)`` runs in each transaction that begins a write
     (the job's lease check). The project's model_version is set only if ``still_active()``.
     """
-    desired = await _predict(head, vectors)
+    desired = await _predict(head, vectors, ranking)
     name = await label_studio_name(client, db, project_id)
     report = PushReport(name)
     write = _Writer(client, db, project_id, name, version, from_name, to_name, guard)
@@ -306,9 +311,12 @@ def _settled(
 
 
 async def _predict(
-    head: Head | MultiHead, vectors: Mapping[int, torch.Tensor]
+    head: Head | MultiHead,
+    vectors: Mapping[int, torch.Tensor],
+    ranking: Ranking = DEFAULT_RANKING,
 ) -> dict[int, tuple[str, float]]:
-    """Task id -> (label, score) of the head; the score rounded as Label Studio stores it."""
+    """Task id -> (label, score) of the head, the score made by ``ranking`` (low = look
+    first; a several-Choices head scores its own way) and rounded as Label Studio stores it."""
     ordered = sorted(vectors)
     if not ordered:
         return {}
@@ -316,8 +324,14 @@ async def _predict(
     if isinstance(head, MultiHead):
         encoded = await asyncio.to_thread(predict_encoded, head, stacked)
         return {tid: (label, _score(s)) for tid, (label, s) in zip(ordered, encoded, strict=True)}
-    probs = await asyncio.to_thread(head.predict_proba, stacked)
-    scores, indices = probs.max(dim=1)
+    single = head
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        probs = single.predict_proba(stacked)
+        units = standardised_units(stacked, single.mean, single.std) if ranking.diverse else None
+        return ranking.scores(probs, units), probs.argmax(dim=1)
+
+    scores, indices = await asyncio.to_thread(run)
     return {
         tid: (head.labels[int(i)], _score(float(s)))
         for tid, s, i in zip(ordered, scores, indices, strict=True)

@@ -16,6 +16,7 @@ from service.jobs.multitarget import mismatch, predict_encoded
 from service.jobs.predictions import prediction
 from service.jobs.versions import version_spec
 from service.vision.multitarget import MultiHead, load_model
+from service.vision.ranking import Ranking
 from storage import labels, models, pushed
 
 
@@ -51,6 +52,8 @@ class Predictor:
                 lambda done, total: None,
                 max_pixels=training.max_image_pixels,
             )
+        # The push's score rule; `diverse` needs the other tasks, so /predict leaves it out.
+        ranking = Ranking(training.sampling, diverse=False)
         results: list[dict[str, Any]] = []
         for task_id in ids:
             vector = report.vectors.get(task_id)
@@ -62,12 +65,12 @@ class Predictor:
                 one = prediction(task_id, label, score, shown_as, "", project.to_name)
                 results.append({k: one[k] for k in ("result", "score", "model_version")})
                 continue
-            probabilities = head.predict_proba(torch.stack([vector]))[0]
-            index = int(probabilities.argmax())
+            probabilities = head.predict_proba(torch.stack([vector]))
+            index = int(probabilities[0].argmax())
             one = prediction(
                 task_id,
                 head.labels[index],
-                float(probabilities[index]),
+                float(ranking.scores(probabilities, None)[0]),
                 shown_as,
                 project.from_name,
                 project.to_name,

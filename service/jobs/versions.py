@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ class Fitted:
     predictions: dict[int, str] | None = None
     # (active version's row id, comparison with it), when `prepare_gate` ran
     gate: tuple[int, Comparison | str] | None = None
+    # head mode: task id -> the id it was split by (its near-duplicate group's smallest)
+    split: dict[int, int] = field(default_factory=dict)
 
 
 def prepare_gate(engine: Any, project_id: int, fitted: Fitted) -> None:
@@ -104,13 +106,7 @@ def register(
             "head": fitted.head.to_bytes(),
             "backbone_weights": fitted.backbone_weights,
             "promotion": decision.reason,
-            "settings": {
-                "architecture": settings.architecture,
-                "weights": "finetuned" if fitted.backbone_weights else settings.weights,
-                "base_weights": settings.weights,
-                "image_size": settings.image_size,
-                "mode": "finetune" if fitted.backbone_weights else "head",
-            },
+            "settings": recipe(settings, finetuned=fitted.backbone_weights is not None),
         },
     )
     if decision.promote:
@@ -118,6 +114,33 @@ def register(
     # Files are a cache of the rows' weights: deleting them before the commit loses nothing.
     discard_weights(models.drop_old_weights(conn, project_id, settings.keep_versions))
     return version, decision
+
+
+def recipe(settings: TrainingSettings, *, finetuned: bool) -> dict[str, Any]:
+    """The settings a version is stored with: what made it, and how its predictions rank."""
+    return {
+        "architecture": settings.architecture,
+        "weights": "finetuned" if finetuned else settings.weights,
+        "base_weights": settings.weights,
+        "image_size": settings.image_size,
+        "mode": "finetune" if finetuned else "head",
+        **({"finetune_epochs": settings.finetune_epochs} if finetuned else {}),
+        "sampling": settings.sampling,
+        "diverse": settings.diverse,
+        "near_duplicate": settings.near_duplicate,
+    }
+
+
+def unchanged_since(
+    active: Any, labeled: dict[int, str], settings: TrainingSettings, kind: str
+) -> bool:
+    """Whether a training of ``kind`` on ``labeled`` under ``settings`` would remake ``active``:
+    the same labels (task id -> label) and the same recipe."""
+    if active is None or active.training_labels is None:
+        return False
+    if active.training_labels != {str(t): label for t, label in labeled.items()}:
+        return False
+    return bool(active.settings == recipe(settings, finetuned=kind == "finetune"))
 
 
 def compare(active: Any, fitted: Fitted) -> Comparison | str:
@@ -162,6 +185,7 @@ def compare(active: Any, fitted: Fitted) -> Comparison | str:
         torch.stack([known[t] for t in held]),
         held,
         classes,
+        split=fitted.split,
     )
     both = [t for t in held if t in refit]
     if not both:

@@ -12,7 +12,7 @@ of held-out tasks grows. One image changing sides among 50 is noise; a head that
 nothing is not.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,18 +45,21 @@ def refit_predictions(
     *,
     max_iter: int = 500,
     seed: int = 0,
+    split: Mapping[int, int] | None = None,
 ) -> dict[int, str]:
     """The head recipe on (train_x, train_labels), refit for each fold the test tasks fall in
     on the training tasks outside that fold, predicting the test tasks in it: task id -> label.
 
     A fold whose training part has fewer than two classes predicts nothing (as in
-    `train_head`'s cross-validation), so its tasks are missing from the answer.
+    `train_head`'s cross-validation), so its tasks are missing from the answer. ``split``:
+    task id -> the id it is split by (its near-duplicate group's), as `train_head` split them.
     """
     classes = list(classes)
     index = {label: c for c, label in enumerate(classes)}
     y = torch.tensor([index[label] for label in train_labels], dtype=torch.long)
-    train_folds = torch.tensor([fold_of(t) for t in train_ids], dtype=torch.long)
-    test_folds = [fold_of(t) for t in test_ids]
+    by = split or {}
+    train_folds = torch.tensor([fold_of(by.get(t, t)) for t in train_ids], dtype=torch.long)
+    test_folds = [fold_of(by.get(t, t)) for t in test_ids]
     x = train_x.detach().to(device="cpu", dtype=torch.float32)
     predicted: dict[int, str] = {}
     for fold in sorted(set(test_folds)):

@@ -116,11 +116,14 @@ def train_head(
     holdout_fraction: float = 0.2,
     max_iter: int = 500,
     seed: int = 0,
+    split_ids: Sequence[int] | None = None,
 ) -> TrainResult:
     """Train a head on `embeddings` (N, dim) labelled `labels`, one task id per row.
 
     Classes are the distinct labels sorted alphabetically. When the held-out part is empty or
     the train part lacks a class, the head is trained on everything and `metrics` is None.
+    ``split_ids``: the id each row is split by (its near-duplicate group's smallest task id,
+    `service.vision.duplicates.split_ids`), so a group stays on one side; default the task id.
     """
     x = embeddings.detach().to(device="cpu", dtype=torch.float32).clone()
     if x.ndim != 2 or not len(x) == len(labels) == len(task_ids):
@@ -135,13 +138,16 @@ def train_head(
         raise ValueError(f"need at least two classes, got {len(classes)}: {classes}")
     index = {label: c for c, label in enumerate(classes)}
     y = torch.tensor([index[label] for label in labels], dtype=torch.long)
+    split = list(task_ids) if split_ids is None else list(split_ids)
+    if len(split) != len(task_ids):
+        raise ValueError(f"{len(split)} split ids for {len(task_ids)} task ids")
     if len(y) < KFOLD_BELOW:
-        return _cross_validated(x, y, classes, task_ids, max_iter, seed)
-    mask = holdout_mask(task_ids, holdout_fraction)
+        return _cross_validated(x, y, classes, task_ids, split, max_iter, seed)
+    mask = holdout_mask(split, holdout_fraction)
     held = [i for i, out in enumerate(mask) if out]
     kept = [i for i, out in enumerate(mask) if not out]
     if not held or len(set(y[kept].tolist())) < len(classes):
-        return _cross_validated(x, y, classes, task_ids, max_iter, seed)
+        return _cross_validated(x, y, classes, task_ids, split, max_iter, seed)
     head = _fit(x[kept], y[kept], classes, max_iter, seed)
     head.temperature.fill_(fit_temperature(_logits(head, x[held]), y[held]))
     metrics = evaluate(head, x[held], [labels[i] for i in held], n_train=len(kept))
@@ -155,12 +161,13 @@ def _cross_validated(
     y: torch.Tensor,
     classes: list[str],
     task_ids: Sequence[int],
+    split: Sequence[int],
     max_iter: int,
     seed: int,
 ) -> TrainResult:
     """Few labels: each stable fold is predicted by a head fitted on the others; the pooled
     predictions are the metrics, and the returned head is fitted on everything."""
-    folds = torch.tensor([fold_of(t) for t in task_ids])
+    folds = torch.tensor([fold_of(t) for t in split])
     true: list[int] = []
     predicted: list[int] = []
     logits: list[torch.Tensor] = []

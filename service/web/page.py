@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from service.context import Services
-from service.web import page_html, session, status
+from service.web import page_budget, page_html, session, status
 from service.web.auth import bearer_allowed
 from storage import labels, models
 from storage import suspects as suspects_store
@@ -75,7 +75,8 @@ def _signed_in(request: Request, services: Services, given: str | None) -> Respo
 
 
 def gather(services: Services) -> list[dict[str, Any]]:
-    """Every project's status (``service.web.status``) with its versions and threshold."""
+    """Every project's status (``service.web.status``) with its versions, threshold and the
+    label counts of its newest versions (the label budget)."""
     with reading(services.engine) as conn:
         projects = []
         for project in labels.list_projects(conn):
@@ -89,6 +90,7 @@ def gather(services: Services) -> list[dict[str, Any]]:
             if versions:  # the review section: reviewed by the head version that made them
                 body["suspects"] = suspects_store.listing(conn, project.id)
                 body["annotators"] = suspects_store.annotator_rates(conn, project.id)
+            body["label_counts"] = models.label_counts(conn, project.id, page_budget.VERSIONS)
             projects.append(body)
         return projects
 

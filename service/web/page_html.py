@@ -8,7 +8,7 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
-from service.web import charts, page_suspects
+from service.web import charts, page_budget, page_suspects
 from service.web.page_targets import tags_html
 
 MAX_VERSIONS_SHOWN = 10
@@ -41,9 +41,11 @@ th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #f0f1f3;vertical-a
 thead th{color:#6b7280;font-weight:600;font-size:12px;border-bottom:1px solid #e5e7eb;
 white-space:nowrap}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+.scroll{overflow-x:auto;max-width:100%}
 table.confusion{width:auto}
-table.confusion td{text-align:center;min-width:64px;padding:7px 10px;
+table.confusion td{text-align:center;min-width:44px;padding:6px 6px;
 font-variant-numeric:tabular-nums;border:2px solid #fff;border-radius:4px}
+table.confusion thead th{font-size:11px;padding:5px 4px;text-align:center}
 table.confusion td.zero{color:#c4c8cf}table.confusion .corner{font-weight:400}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
 .queued{background:#e5e7eb;color:#374151}.running{background:#dbeafe;color:#1d4ed8}
@@ -129,15 +131,20 @@ def _project(p: dict[str, Any]) -> str:
     parts.append(f'<div class="stats">{"".join(stats)}</div>{tags_html(p)}')
     if not p["supported"] and not (p["versions"] or p["jobs"]):
         return "".join(parts) + "</section>"
-    metrics = (active or {}).get("metrics") or {}
+    metrics = in_order((active or {}).get("metrics") or {}, p.get("choices") or [])
     chart = _chart(p["versions"])
     if chart or metrics.get("per_class"):
-        confusion = ""
-        if metrics.get("confusion"):
-            confusion = f"<h3>Confusion matrix</h3>{_confusion(metrics)}"
         parts.append(
             f'<div class="grid"><div><h3>Held-out quality by version</h3>{chart or _none()}'
-            f"</div><div><h3>Recall per class</h3>{_recall(metrics)}{confusion}</div></div>"
+            f"</div><div><h3>Recall per class</h3>{_recall(metrics)}</div></div>"
+        )
+        budget = page_budget.section(
+            p["versions"], p.get("label_counts") or {}, metrics.get("labels") or []
+        )
+        confusion = _confusion(metrics) if metrics.get("confusion") else _none()
+        parts.append(
+            f'<div class="grid"><div><h3>Confusion matrix</h3>{confusion}</div>'
+            f"<div><h3>Label budget: what recent labels changed</h3>{budget}</div></div>"
         )
     parts.append(page_suspects.section(p))
     parts.append(f"<h3>Versions</h3>{_versions(p['versions'])}")
@@ -194,6 +201,21 @@ def _chart(versions: list[dict[str, Any]]) -> str:
     )
 
 
+def in_order(metrics: dict[str, Any], choices: list[str]) -> dict[str, Any]:
+    """``metrics`` with its classes (``labels``, the confusion's rows and columns) in the
+    label config's order, ``choices``; classes the config no longer has go last."""
+    names = [str(n) for n in metrics.get("labels") or []]
+    order = [c for c in choices if c in names] + [n for n in names if n not in choices]
+    if order == names:
+        return metrics
+    where = [names.index(n) for n in order]
+    result = {**metrics, "labels": order}
+    confusion = metrics.get("confusion")
+    if isinstance(confusion, list) and len(confusion) == len(names):
+        result["confusion"] = [[confusion[i][j] for j in where] for i in where]
+    return result
+
+
 def _recall(metrics: dict[str, Any]) -> str:
     per_class = metrics.get("per_class") or {}
     if not per_class:
@@ -220,7 +242,7 @@ def _confusion(metrics: dict[str, Any]) -> str:
     names = [str(n) for n in metrics.get("labels") or []]
     if len(names) > MAX_CONFUSION_CLASSES:
         return _none(f"{len(names)} classes: too many to draw here.")
-    return charts.heatmap(names, metrics["confusion"]) + (
+    return f'<div class="scroll">{charts.heatmap(names, metrics["confusion"])}</div>' + (
         '<p class="muted small">Rows: the label annotators gave; columns: the model\'s answer; '
         "shade: share of the row. Blue: right, red: confused.</p>"
     )

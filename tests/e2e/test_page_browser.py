@@ -15,12 +15,14 @@ import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
+from PIL import Image
+from sqlalchemy.engine import Connection
 from starlette.routing import Route
 
 from service.app import create_app
@@ -35,6 +37,8 @@ TOKEN = "browser-test-token"
 BROWSER_TIMEOUT = 60.0
 SERVER_STOP_TIMEOUT = 10.0
 WINDOW = "1280,1600"
+WIDE = (1400, 1500)  # issue 16: ten classes at 1400 px
+BACKGROUND = (244, 245, 247)  # the page's #f4f5f7, around the project cards
 
 
 @pytest.fixture
@@ -50,11 +54,21 @@ def chromium() -> str:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[str]:
     """The page's base URL: a seeded SQLite database behind create_app, under uvicorn."""
+    yield from serve(tmp_path, status_seed.seed)
+
+
+@pytest.fixture
+def served_digits(tmp_path: Path) -> Iterator[str]:
+    """The page of one ten-class project with three versions (status_seed.seed_digits)."""
+    yield from serve(tmp_path, status_seed.seed_digits)
+
+
+def serve(tmp_path: Path, seed: Callable[[Connection], None]) -> Iterator[str]:
     url = f"sqlite:///{tmp_path / 'labelloop.db'}"
     upgrade(url)
     engine = create_engine(url)
     with engine.begin() as conn:
-        status_seed.seed(conn)
+        seed(conn)
     engine.dispose()
     settings = Settings(
         server=ServerSettings(api_token=TOKEN),
@@ -83,7 +97,7 @@ def served(tmp_path: Path) -> Iterator[str]:
         assert not thread.is_alive(), "uvicorn did not stop"
 
 
-def browse(chromium: str, url: str, profile: Path, *action: str) -> str:
+def browse(chromium: str, url: str, profile: Path, *action: str, window: str = WINDOW) -> str:
     """Run headless chromium on ``url`` with ``action`` flags; its stdout."""
     args = [
         chromium,
@@ -97,7 +111,7 @@ def browse(chromium: str, url: str, profile: Path, *action: str) -> str:
         "--no-first-run",
         "--hide-scrollbars",
         f"--user-data-dir={profile}",
-        f"--window-size={WINDOW}",
+        f"--window-size={window}",
         *action,
         url,
     ]
@@ -141,3 +155,37 @@ def test_status_page_renders_in_a_browser(chromium: str, served: str, tmp_path: 
     if not readme_copy.exists() or os.environ.get("LABELLOOP_UPDATE_SCREENSHOTS") == "1":
         readme_copy.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, readme_copy)
+
+
+def test_ten_classes_fit_their_card_in_config_order(
+    chromium: str, served_digits: str, tmp_path: Path
+) -> None:
+    """At 1400 px, the confusion matrix of ten classes stays inside its card (before issue 16
+    its last columns ran past the card's right edge), every class list follows the label
+    config (Zero, One, ... not Eight, Five, Four), and the label budget names the class that
+    gained most."""
+    signed_in = f"{served_digits}/?token={TOKEN}"
+    window = f"{WIDE[0]},{WIDE[1]}"
+    dom = browse(chromium, signed_in, tmp_path / "profile-dom", "--dump-dom", window=window)
+    confusion = dom[dom.index('<table class="confusion">') :]
+    header = confusion[: confusion.index("</thead>")]
+    columns = [header.index(f">{name}</th>") for name in status_seed.DIGIT_CLASSES]
+    assert columns == sorted(columns), header
+    assert '<div class="scroll"><table class="confusion">' in dom
+    budget = dom[dom.index('<table class="budget">') :]
+    assert budget.index("Eight ▲") < budget.index("Five") < budget.index("Three")
+
+    artifacts = REPO / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    shot = artifacts / "status-page-ten-classes.png"
+    shot.unlink(missing_ok=True)
+    browse(chromium, signed_in, tmp_path / "profile-shot", f"--screenshot={shot}", window=window)
+    with Image.open(shot) as image:
+        pixels = image.convert("RGB")
+        assert pixels.size == WIDE
+        # main is 1200 px wide and centred, its cards 28 px inside: right of x = 1272 only
+        # the page's background may show, below the top bar.
+        outside = {
+            pixels.getpixel((x, y)) for x in range(1276, WIDE[0], 4) for y in range(60, WIDE[1], 4)
+        }
+    assert outside == {BACKGROUND}, f"something drawn outside the card: {sorted(outside)[:5]}"

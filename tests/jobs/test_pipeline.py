@@ -1,11 +1,13 @@
 """The worker runs the whole pipeline against a fake Label Studio, on real images and torch."""
 
+import dataclasses
 import json
 
 import pytest
 
 from service.context import Services
 from service.ingest.fold_loop import fold_all
+from service.jobs import triggers
 from service.jobs.worker import Worker
 from storage import events, jobs, labels, models
 from tests import payloads
@@ -144,3 +146,46 @@ async def test_the_first_training_of_a_project_never_caught_up_learns_every_task
     with unregistered.engine.begin() as conn:
         project = labels.get_project(conn, 1)
     assert project is not None and project.caught_up_at is not None
+
+
+async def test_a_retrain_with_nothing_changed_stores_no_version(
+    services: Services, fake: FakeLabelStudio
+) -> None:
+    """Issue 16: a manual retrain on the same labels used to store a copy of the active
+    version; it says so instead. Another label, or another setting, trains again."""
+    annotate(services, *first_six())
+    worker = Worker(services)
+    await worker.run_until_idle()
+    shown = {p["task"]: p["score"] for p in fake.predictions}
+    imports = sum(call.endswith("/import/predictions") for call in fake.calls)
+
+    with services.engine.begin() as conn:
+        job_id, _ = triggers.request_training(conn, services.settings, 1, "manual")
+    assert await worker.run_until_idle() == 1
+    with services.engine.begin() as conn:
+        job = jobs.get(conn, job_id)
+        versions = [v.version for v in models.listing(conn, 1)]
+    assert job is not None and job.status == "succeeded", job
+    assert job.note == "nothing changed since labelloop-v1"
+    assert job.model_version is None
+    assert versions == ["labelloop-v1"]
+    # Its predictions were checked, not sent again.
+    assert {p["task"]: p["score"] for p in fake.predictions} == shown
+    assert sum(call.endswith("/import/predictions") for call in fake.calls) == imports
+
+    # One more label: a new version.
+    annotate(services, (107, 7, "red", "2026-11-29T12:00:00Z"))
+    with services.engine.begin() as conn:
+        triggers.request_training(conn, services.settings, 1, "manual")
+    await worker.run_until_idle()
+    # The same labels under another setting: a new version too.
+    training = dataclasses.replace(services.settings.training, sampling="least_confidence")
+    services.settings = dataclasses.replace(services.settings, training=training)
+    with services.engine.begin() as conn:
+        triggers.request_training(conn, services.settings, 1, "manual")
+    await worker.run_until_idle()
+    with services.engine.begin() as conn:
+        versions = [v.version for v in models.listing(conn, 1)]
+        latest = models.active(conn, 1)
+    assert versions == ["labelloop-v3", "labelloop-v2", "labelloop-v1"]
+    assert latest is not None and latest.settings["sampling"] == "least_confidence"

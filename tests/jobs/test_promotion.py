@@ -1,5 +1,6 @@
 """The promotion gate, rollback, and what a failed training leaves behind."""
 
+import dataclasses
 import types
 from collections.abc import Sequence
 from typing import Any
@@ -88,7 +89,9 @@ def test_the_margin_is_the_users_and_noise_comes_on_top() -> None:
     assert decide(metrics(0.8), ["blue", "red"], active_row(), close, 0.05, trained_on=120).promote
 
 
-def worse_result(x: torch.Tensor, labels: Sequence[str], ids: Sequence[int]) -> TrainResult:
+def worse_result(
+    x: torch.Tensor, labels: Sequence[str], ids: Sequence[int], **_: Any
+) -> TrainResult:
     """A head that learned nothing: every held-out prediction is the other colour."""
     head = Head(["blue", "red"], x.shape[1])
     torch.nn.init.zeros_(head.linear.weight)
@@ -99,6 +102,13 @@ def worse_result(x: torch.Tensor, labels: Sequence[str], ids: Sequence[int]) -> 
     )
     figures.scheme = "5-fold"
     return TrainResult(head=head, metrics=figures, held_out=wrong)
+
+
+def change_the_recipe(services: Services) -> None:
+    """Another pushed-score rule: a retrain on the same labels then stores a version (without
+    a change it ends "nothing changed since vN", tests/jobs/test_pipeline.py)."""
+    training = dataclasses.replace(services.settings.training, sampling="entropy")
+    services.settings = dataclasses.replace(services.settings, training=training)
 
 
 async def test_worse_version_is_kept_but_not_promoted_then_rolled_forward(
@@ -114,6 +124,7 @@ async def test_worse_version_is_kept_but_not_promoted_then_rolled_forward(
         assert len(v1.training_labels) == 6  # what the gate refits v1's recipe on
 
     monkeypatch.setattr(pipeline, "train_head", worse_result)
+    change_the_recipe(services)  # the same labels under the same recipe would train nothing
     annotate(services, *first_six("2026-11-29T12:00:00Z"))  # six updates: threshold again
     await worker.run_until_idle()
     with services.engine.begin() as conn:
@@ -160,6 +171,7 @@ async def test_a_crash_while_registering_leaves_the_previous_version_active(
         raise RuntimeError("power cut")
 
     monkeypatch.setattr(versions.models, "activate", crash)
+    change_the_recipe(services)
     annotate(services, *first_six("2026-11-29T12:00:00Z"))
     await worker.run_until_idle()
     with services.engine.begin() as conn:

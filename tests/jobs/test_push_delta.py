@@ -19,6 +19,7 @@ from service.jobs import predictions
 from service.jobs.predictions import EPSILON, PushReport, prediction, push_predictions
 from service.jobs.worker import Worker
 from service.labelstudio.client import LabelStudio
+from service.vision.ranking import Ranking
 from service.web.control import _activate
 from service.web.status import project_status
 from storage import jobs, labels, models, pushed
@@ -27,6 +28,7 @@ from tests.fake_labelstudio import TOKEN, FakeLabelStudio, annotate, first_six
 pytestmark = pytest.mark.anyio
 
 NAME = "labelloop"
+TOP_PROBABILITY = Ranking("least_confidence", diverse=False)
 TASKS = {7, 8, 9, 10, 13}
 
 
@@ -81,6 +83,9 @@ async def push(
             from_name="label",
             to_name="image",
             tasks=set(fake.tasks),
+            # The score is the top probability (what the vectors say): this file is about
+            # which predictions a push rewrites, not about the score rules (test_ranking.py).
+            ranking=TOP_PROBABILITY,
         )
 
 

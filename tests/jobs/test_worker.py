@@ -68,11 +68,13 @@ def start_worker(
                 process.wait(timeout=15)
 
 
-def label_six(engine: Engine, fake: FakeLabelStudio) -> None:
+def label_six(
+    engine: Engine, fake: FakeLabelStudio, *, extra: tuple[int, int, str, str] | None = None
+) -> None:
     """Six annotations in Label Studio, and their webhooks in the log (the project itself is
-    learned by the worker's first job: it was never caught up)."""
+    learned by the worker's first job: it was never caught up); ``extra``: one more."""
     with engine.begin() as conn:
-        for annotation_id, task_id, label, stamp in first_six():
+        for annotation_id, task_id, label, stamp in [*first_six(), *([extra] if extra else [])]:
             body = payloads.annotation_event(annotation_id, task_id, label, updated_at=stamp)
             fake.annotations[task_id] = [body["annotation"]]
             events.append(conn, action=body["action"], project_id=1, body=json.dumps(body))
@@ -140,6 +142,7 @@ def test_a_job_whose_worker_is_killed_is_recovered_once(
     wait_until(lambda: status(engine, done) == "succeeded", 120, "version 1")
 
     ls_server.images_open.clear()  # the next job hangs in its downloads (the broken images)
+    label_six(engine, fake, extra=(107, 7, "red", "2026-11-29T11:00:00Z"))  # a new label
     with engine.begin() as conn:
         job_id, _ = jobs.enqueue(conn, 1, "manual")
     wait_until(lambda: status(engine, job_id) == "running", 60, "the worker to start job 2")

@@ -9,6 +9,7 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.context import Services
+from service.jobs.predictor import Predictor
 from service.jobs.worker import Worker
 from storage import jobs
 from tests import payloads
@@ -74,3 +75,25 @@ async def test_predict_without_a_model_answers_no_results(
     assert answer.json() == {"results": []}
     with services.engine.begin() as conn:
         assert jobs.recent(conn, 1) == []
+
+
+async def test_predict_scores_by_the_sampling_rule(
+    services: Services, fake: FakeLabelStudio
+) -> None:
+    """/predict's score follows [training] sampling, as the push's does: with two classes the
+    margin p1 - p2 is 2 p1 - 1, entropy's is lower than both for an unsure answer."""
+    annotate(services, *first_six())
+    await Worker(services).run_until_idle()
+    predictor = Predictor(services)
+
+    async def score(rule: str) -> float:
+        training = dataclasses.replace(services.settings.training, sampling=rule)
+        services.settings = dataclasses.replace(services.settings, training=training)
+        [answer] = await predictor.predict(1, [fake.tasks[8]])
+        return float(answer["score"])
+
+    top = await score("least_confidence")
+    assert 0.5 <= top <= 1.0
+    assert await score("margin") == pytest.approx(2 * top - 1, abs=1e-5)
+    entropy = await score("entropy")
+    assert 0.0 <= entropy <= 1.0 and (top == pytest.approx(1.0) or entropy < top)

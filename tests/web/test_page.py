@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.settings import DatabaseSettings, ServerSettings, Settings, TrainingSettings
-from service.web import page, page_html, page_targets, session
+from service.web import page, page_budget, page_html, page_targets, session
 from storage import labels
 from storage.db import create_engine
 from tests import status_seed
@@ -253,3 +253,68 @@ def test_the_page_names_the_trained_tags_and_their_figures() -> None:
     classic = page_targets.tags_html({"trained_tags": tags[:1], "active_model": None})
     assert "<code>parity</code>" in classic and "<table>" not in classic
     assert page_targets.tags_html({"trained_tags": []}) == ""
+
+
+def test_classes_follow_the_label_config_and_the_label_budget_shows_the_gains(
+    sqlite_url: str, client: Client
+) -> None:
+    """Issue 16: ten classes, three versions. The head stores its classes alphabetically
+    (Eight, Five, Four, ...); the page lists them as the label config does, draws the confusion
+    matrix in a box that scrolls rather than overflowing its card, and ranks the classes by
+    what the last labels gained them."""
+    engine = create_engine(sqlite_url)
+    with engine.begin() as conn:
+        status_seed.seed_digits(conn)
+    engine.dispose()
+    html = client(token="").get("/").text
+    recall = html[html.index("<h3>Recall per class</h3>") : html.index("<h3>Confusion matrix")]
+    rows = [recall.index(f"<td>{name}</td>") for name in status_seed.DIGIT_CLASSES]
+    assert rows == sorted(rows)
+    confusion = html[html.index('<div class="scroll"><table class="confusion">') :]
+    confusion = confusion[: confusion.index("</table>")]
+    header = [confusion.index(f'<th scope="col">{n}</th>') for n in status_seed.DIGIT_CLASSES]
+    assert header == sorted(header)
+    # Rows move with their class: Eight's nine right answers sit on the diagonal, its miss
+    # under Five (alphabetically next, where the seed sends misses).
+    eight = confusion[confusion.index('<th scope="row">Eight</th>') :]
+    eight = eight[: eight.index("</tr>")]
+    cells = [c.split(">", 1)[1].split("<", 1)[0] for c in eight.split("<td")[1:]]
+    assert cells == ["0", "0", "0", "0", "0", "1", "0", "0", "9", "0"]
+
+    budget = html[html.index("<h3>Label budget") :]
+    budget = budget[: budget.index("</table>")]
+    assert "labelloop-v3" in html[html.index("<h3>Label budget") :]
+    order = [budget.index(name) for name in ("Eight ▲", "Five", "Three", "Two")]
+    assert order == sorted(order)  # largest F1 gain first
+    eight_row = budget[budget.index("Eight ▲") :]
+    eight_row = eight_row[: eight_row.index("</tr>")]
+    assert "60" in eight_row and "(+40)" in eight_row and "+28.1 pts" in eight_row
+    assert "53% → 67% → 95%" in eight_row
+
+
+def test_in_order_permutes_labels_and_confusion_together() -> None:
+    metrics = {"labels": ["b", "a", "c"], "confusion": [[1, 2, 3], [4, 5, 6], [7, 8, 9]]}
+    ordered = page_html.in_order(metrics, ["a", "b", "z"])
+    assert ordered["labels"] == ["a", "b", "c"]  # c: no longer in the config, last
+    assert ordered["confusion"] == [[5, 4, 6], [2, 1, 3], [8, 7, 9]]
+    assert page_html.in_order(metrics, ["b", "a", "c"]) is metrics
+    assert page_html.in_order({}, ["a"]) == {}
+
+
+def test_label_budget_needs_two_evaluated_versions_and_says_unknown_counts() -> None:
+    def version(name: str, f1: dict[str, float]) -> dict[str, object]:
+        per_class = {c: {"f1": v, "recall": v} for c, v in f1.items()}
+        return {"version": name, "metrics": {"per_class": per_class}}
+
+    v1 = version("v1", {"cat": 0.5, "dog": 0.6})
+    v2 = version("v2", {"cat": 0.5, "dog": 0.9})
+    assert page_budget.gains([v1], {}, ["cat", "dog"]) is None
+    assert "second evaluated version" in page_budget.section([v1], {}, ["cat", "dog"])
+    found = page_budget.gains([v2, v1, {"version": "v0", "metrics": None}], {}, ["cat", "dog"])
+    assert found is not None
+    rows, older, newer = found
+    assert (older, newer) == ("v1", "v2")
+    assert [g.label for g in rows] == ["dog", "cat"]
+    assert rows[0].change == pytest.approx(0.3) and rows[0].added is None
+    html = page_budget.section([v2, v1], {"v1": {"dog": 3}, "v2": {"dog": 5}}, ["cat", "dog"])
+    assert "(+2)" in html and "n/a" not in html.split("cat")[1].split("</tr>")[0]
