@@ -25,11 +25,9 @@ import torch
 from sqlalchemy.engine import Connection
 
 from service.jobs import push_repair
-from service.jobs.multitarget import predict_encoded
+from service.jobs.prediction_body import DEFAULT_RANKING, predict_all, prediction
 from service.labelstudio.client import LabelStudio
 from service.labelstudio.errors import LabelStudioUnavailable
-from service.labelstudio.targets import result_items
-from service.vision.duplicates import standardised_units
 from service.vision.head import Head
 from service.vision.multitarget import MultiHead
 from service.vision.ranking import Ranking
@@ -59,7 +57,6 @@ BASE_NAME = "labelloop"
 # predictions a second logs a hint naming it.
 LS_IMPORT_FLAG = "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"
 SLOW_IMPORT_S = 4.0
-DEFAULT_RANKING = Ranking()  # [training] sampling, diverse, near_duplicate at their defaults
 DELETE_CONCURRENCY = 8
 
 Db = Callable[..., Awaitable[Any]]  # runs fn(conn, *args) in one transaction
@@ -118,7 +115,7 @@ async def push_predictions(
     diverse). ``guard(conn)`` runs in each transaction that begins a write
     (the job's lease check). The project's model_version is set only if ``still_active()``.
     """
-    desired = await _predict(head, vectors, ranking)
+    desired = await predict_all(head, vectors, ranking)
     name = await label_studio_name(client, db, project_id)
     report = PushReport(name)
     write = _Writer(client, db, project_id, name, version, from_name, to_name, guard)
@@ -308,62 +305,3 @@ def _settled(
 ) -> None:
     pushed.mark(conn, project_id, adopt)
     pushed.forget(conn, project_id, empty)
-
-
-async def _predict(
-    head: Head | MultiHead,
-    vectors: Mapping[int, torch.Tensor],
-    ranking: Ranking = DEFAULT_RANKING,
-) -> dict[int, tuple[str, float]]:
-    """Task id -> (label, score) of the head, the score made by ``ranking`` (low = look
-    first; a several-Choices head scores its own way) and rounded as Label Studio stores it."""
-    ordered = sorted(vectors)
-    if not ordered:
-        return {}
-    stacked = torch.stack([vectors[t] for t in ordered])
-    if isinstance(head, MultiHead):
-        encoded = await asyncio.to_thread(predict_encoded, head, stacked)
-        return {tid: (label, _score(s)) for tid, (label, s) in zip(ordered, encoded, strict=True)}
-    single = head
-
-    def run() -> tuple[torch.Tensor, torch.Tensor]:
-        probs = single.predict_proba(stacked)
-        units = standardised_units(stacked, single.mean, single.std) if ranking.diverse else None
-        return ranking.scores(probs, units), probs.argmax(dim=1)
-
-    scores, indices = await asyncio.to_thread(run)
-    return {
-        tid: (head.labels[int(i)], _score(float(s)))
-        for tid, s, i in zip(ordered, scores, indices, strict=True)
-    }
-
-
-def _score(score: float) -> float:
-    return round(min(max(score, 0.0), 1.0), 6)
-
-
-def prediction(
-    task_id: int, label: str, score: float, version: str, from_name: str, to_name: str
-) -> dict[str, Any]:
-    """One Label Studio prediction: a Choices result scored by the model's confidence (one per
-    Choices tag when ``from_name`` is "": an encoded label)."""
-    if not from_name:
-        return {
-            "task": task_id,
-            "model_version": version,
-            "score": _score(score),
-            "result": result_items(label, to_name),
-        }
-    return {
-        "task": task_id,
-        "model_version": version,
-        "score": _score(score),
-        "result": [
-            {
-                "from_name": from_name,
-                "to_name": to_name,
-                "type": "choices",
-                "value": {"choices": [label]},
-            }
-        ],
-    }

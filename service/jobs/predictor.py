@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from service.context import Services
 from service.jobs.embedding import Embedder
 from service.jobs.multitarget import mismatch, predict_encoded
-from service.jobs.predictions import prediction
+from service.jobs.prediction_body import prediction
 from service.jobs.versions import version_spec
 from service.vision.multitarget import MultiHead, load_model
 from service.vision.ranking import Ranking

@@ -16,7 +16,8 @@ from sqlalchemy.engine import Engine
 
 from service.context import Services
 from service.jobs import predictions
-from service.jobs.predictions import EPSILON, PushReport, prediction, push_predictions
+from service.jobs.prediction_body import prediction
+from service.jobs.predictions import EPSILON, PushReport, push_predictions
 from service.jobs.worker import Worker
 from service.labelstudio.client import LabelStudio
 from service.vision.ranking import Ranking

@@ -19,7 +19,7 @@ from service.context import Services, open_services
 from service.ingest.fold_loop import fold_all
 from service.jobs import triggers
 from service.jobs.catchup import learn
-from service.jobs.predictions import prediction
+from service.jobs.prediction_body import prediction
 from service.jobs.worker import Worker
 from service.settings import DatabaseSettings, LabelStudioSettings, Settings, TrainingSettings
 from service.vision.head import Head
