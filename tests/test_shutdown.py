@@ -56,11 +56,11 @@ def test_shutdown_is_bounded_while_a_training_step_runs(
     seen: dict[str, Any] = {}
     train_head = pipeline.train_head
 
-    def blocking_step(x: torch.Tensor, y: list[str], ids: list[int]) -> Any:
+    def blocking_step(x: torch.Tensor, y: list[str], ids: list[int], **options: Any) -> Any:
         seen["daemon"] = threading.current_thread().daemon
         entered.set()
         release.wait(timeout=120)
-        return train_head(x, y, ids)
+        return train_head(x, y, ids, **options)
 
     monkeypatch.setattr(pipeline, "train_head", blocking_step)
 
