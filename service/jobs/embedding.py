@@ -29,12 +29,11 @@ import torch
 
 from service.context import Services
 from service.jobs.backbones import BackboneCache
+from service.jobs.task_images import image_uri, still_valid
 from service.labelstudio.errors import ImageDownloadError
 from service.vision.backbone import Backbone, BackboneSpec, resolve_device, thread_plan
 from service.vision.decoder import Decoder, torch_threads
-from service.vision.images import (
-    content_hash,
-)
+from service.vision.images import content_hash
 from storage import embeddings, labels
 
 logger = logging.getLogger(__name__)
@@ -53,6 +52,10 @@ class EmbedReport:
     embedded: int = 0  # image downloaded, vector cached or computed
     failed: int = 0
     forward_passes: int = 0
+    # image hash -> a task whose vector above is that image's, for the images embedded in this
+    # call: a picture met again in a later chunk (its earlier chunk's write may be under way,
+    # so the cache lookup missed it) costs no second forward pass.
+    embedded_images: dict[str, int] = field(default_factory=dict)
 
 
 class Embedder:
@@ -79,7 +82,7 @@ class Embedder:
         """``max_pixels``: [training] max_image_pixels, what an image may declare."""
         identity = spec.identity()
         report = EmbedReport()
-        fetched_before = {t.id: t.image_hash for t in tasks if _still_valid(t, image_key)}
+        fetched_before = {t.id: t.image_hash for t in tasks if still_valid(t, image_key)}
         known = await self._db(embeddings.get_many, fetched_before.values(), identity)
         missing = []
         for task in tasks:
@@ -96,16 +99,23 @@ class Embedder:
         decoder = Decoder(pool, spec.image_size, max_pixels, DECODE_BYTES)
         ready: asyncio.Queue[_Chunk | None] = asyncio.Queue(maxsize=1)
         feeder = asyncio.create_task(self._feed(missing, image_key, identity, decoder, ready))
+        storing: asyncio.Future[None] | None = None  # the last chunk's write, still under way
         try:
             with torch_threads(plan.torch):
                 while (chunk := await _next(ready, feeder)) is not None:
-                    await self._embed_chunk(chunk, image_key, spec, device, report)
+                    storing = await self._embed_chunk(
+                        chunk, image_key, spec, device, report, storing
+                    )
                     progress(report.cached + report.embedded + report.failed, len(tasks))
+            if storing is not None:
+                await storing
             await feeder
         finally:
             feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await feeder
+            if storing is not None and not storing.done():  # a write finishes alone
+                await asyncio.shield(storing)
             pool.shutdown(wait=False, cancel_futures=True)  # a decode under way finishes alone
         return report
 
@@ -203,16 +213,24 @@ class Embedder:
         spec: BackboneSpec,
         device: str,
         report: EmbedReport,
-    ) -> None:
-        """Forward the chunk's images in batches as they are decoded; store; report."""
+        storing: "asyncio.Future[None] | None",
+    ) -> "asyncio.Future[None]":
+        """Forward the chunk's images in batches as they are decoded; report; start storing.
+
+        The write (one transaction; SQLite's commit waits for fsync) runs while the next chunk
+        goes through the forward pass: returned, it is awaited before the next chunk's write,
+        so writes stay in order, one at a time. Held up by each write, the forward pass idled
+        ~14% of a photo job (bench/photos.py under py-spy)."""
         identity = spec.identity()
         new: dict[str, bytes] = {}
         failed: dict[str, str] = {}
-        if chunk.pending:
+        earlier = report.embedded_images
+        pending = {h: f for h, f in chunk.pending.items() if h not in earlier}
+        if pending:
             backbone = await asyncio.to_thread(self.backbone, spec, device)
             batch: dict[str, torch.Tensor] = {}
-            last = next(reversed(chunk.pending))
-            for digest, decoding in chunk.pending.items():
+            last = next(reversed(pending))
+            for digest, decoding in pending.items():
                 image = await asyncio.wrap_future(decoding)
                 if isinstance(image, str):
                     failed[digest] = image
@@ -228,15 +246,26 @@ class Embedder:
             hashed = chunk.hashes.get(task.id)
             if hashed in failed:  # every task of that picture: the same reason
                 errors[task.id] = failed[hashed]
-        await asyncio.to_thread(self._store, chunk, new, errors, identity, image_key)
+        if storing is not None:
+            await storing  # the previous chunk's write: its failure is this job's
+        write = asyncio.ensure_future(
+            asyncio.to_thread(self._store, chunk, new, errors, identity, image_key)
+        )
         for task in chunk.tasks:
             if task.id in errors:
                 report.failed += 1
                 logger.info("task %d skipped: %s", task.id, errors[task.id])
                 continue
             digest = chunk.hashes[task.id]
-            report.vectors[task.id] = _vector(chunk.cached.get(digest) or new[digest])
+            if digest in chunk.cached:
+                report.vectors[task.id] = _vector(chunk.cached[digest])
+            elif digest in new:
+                report.vectors[task.id] = _vector(new[digest])
+                earlier.setdefault(digest, task.id)
+            else:  # embedded in an earlier chunk of this call
+                report.vectors[task.id] = report.vectors[earlier[digest]]
             report.embedded += 1
+        return write
 
     def _store(
         self,
@@ -265,36 +294,6 @@ class Embedder:
                 return fn(conn, *args)
 
         return await asyncio.to_thread(run)
-
-
-def image_uri(task: Any, image_key: str) -> str | None:
-    """The image URI in a task's data (what identifies its picture), or None."""
-    uri = data_value(task.data, image_key)
-    return uri if isinstance(uri, str) and uri else None
-
-
-def data_value(data: Any, key: str) -> Any:
-    """``$key`` in task data, read as Label Studio's editor reads it (lodash ``get``): the key
-    itself when the data has it, else a dotted path (``$item.img``: data["item"]["img"];
-    ``$pages.0.img``: a list's first item's)."""
-    if not isinstance(data, dict):
-        return None
-    if key in data:
-        return data[key]
-    value: Any = data
-    for part in key.split("."):
-        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        elif isinstance(value, dict) and part in value:
-            value = value[part]
-        else:
-            return None
-    return value
-
-
-def _still_valid(task: Any, image_key: str) -> bool:
-    """Whether the task's stored image hash is of the picture its data names now."""
-    return bool(task.image_hash) and task.image_uri == image_uri(task, image_key)
 
 
 async def _next(

@@ -19,11 +19,12 @@ import torch
 from service.context import Services
 from service.ingest import relabel
 from service.jobs.catchup import learn_if_new
-from service.jobs.embedding import Embedder, EmbedReport, image_uri
+from service.jobs.embedding import Embedder, EmbedReport
 from service.jobs.finetune_images import load_images
 from service.jobs.multitarget import FINETUNE_REFUSED, fit_targets, mismatch
 from service.jobs.predictions import push_predictions
 from service.jobs.review import review
+from service.jobs.task_images import image_uri
 from service.jobs.threads import in_daemon_thread
 from service.jobs.versions import (
     Fitted,

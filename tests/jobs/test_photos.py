@@ -2,6 +2,7 @@
 [training] max_image_pixels reaches the decode (48 MP photos are taken by default)."""
 
 import io
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -145,3 +146,49 @@ async def test_a_failure_while_feeding_is_raised_not_waited_for(
         await embedder.embed_tasks(
             task_rows(services, fake), "image", SPEC, "cpu", lambda d, t: None, max_pixels=10**8
         )
+
+
+async def test_the_next_chunk_is_embedded_while_the_last_one_is_stored(
+    services: Services, fake: FakeLabelStudio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk's database write (SQLite commits with fsync) held the forward pass idle: with
+    photos in 32 MB chunks of ~6 that was ~14% of the stage (bench/photos.py under py-spy)."""
+    monkeypatch.setattr(service.jobs.embedding, "CHUNK", 4)
+    for task_id in range(13, 25):
+        fake.add_task(task_id, color_image(RED if task_id % 3 else BLUE, seed=task_id))
+    fake.files[fake.tasks[17]["data"]["image"]] = fake.files[fake.tasks[14]["data"]["image"]]
+    tasks = [t for t in task_rows(services, fake) if t.id > 12]
+    forwards = 0
+    forwarded_while_storing = threading.Event()
+    storing = threading.Event()
+    waited: list[bool] = []
+    embed, store = Backbone.embed, Embedder._store
+
+    def counting_embed(self: Backbone, images: Any) -> torch.Tensor:
+        nonlocal forwards
+        forwards += 1
+        if storing.is_set():
+            forwarded_while_storing.set()
+        return embed(self, images)
+
+    def slow_store(self: Embedder, *args: Any) -> None:
+        if not waited:  # the first chunk's write waits for the next forward pass
+            waited.append(True)
+            storing.set()
+            forwarded_while_storing.wait(timeout=10)
+            storing.clear()
+        store(self, *args)
+
+    monkeypatch.setattr(Backbone, "embed", counting_embed)
+    monkeypatch.setattr(Embedder, "_store", slow_store)
+    report = await Embedder(services).embed_tasks(
+        tasks, "image", SPEC, "cpu", lambda done, total: None, max_pixels=10**8
+    )
+
+    assert forwarded_while_storing.is_set(), "no forward pass ran while a chunk was stored"
+    assert (report.embedded, report.failed) == (12, 0) and forwards == 3
+    # Task 17 shows task 14's picture: looked up before chunk 1 was stored, forwarded once.
+    assert report.forward_passes == 11
+    assert torch.equal(report.vectors[17], report.vectors[14])
+    with services.engine.begin() as conn:
+        assert all(labels.get_task(conn, t.id).image_hash for t in tasks)
