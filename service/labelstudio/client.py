@@ -198,11 +198,7 @@ class LabelStudio(PredictionsAPI, ViewsAPI):
                 ) from exc
             raise
         for duplicate in same[1:]:
-            try:
-                await self._http.api("DELETE", f"/api/webhooks/{duplicate['id']}/")
-            except LabelStudioHTTPError as exc:
-                if exc.status_code != 404:  # already gone is fine
-                    raise
+            await self._http.delete(f"/api/webhooks/{duplicate['id']}/")
         return hook, False
 
     async def set_model_version(self, project_id: int, version: str) -> None:

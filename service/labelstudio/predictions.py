@@ -10,7 +10,6 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from service.labelstudio.errors import LabelStudioHTTPError
 from service.labelstudio.transport import Transport
 
 TASK_SCOPE = 100  # tasks named per task-scoped request (their ids travel in the URL)
@@ -75,13 +74,7 @@ class PredictionsAPI:
 
     async def delete_prediction(self, prediction_id: int) -> bool:
         """Delete one prediction; False if it was already gone."""
-        try:
-            await self._http.api("DELETE", f"/api/predictions/{int(prediction_id)}/")
-        except LabelStudioHTTPError as exc:
-            if exc.status_code == 404:
-                return False
-            raise
-        return True
+        return await self._http.delete(f"/api/predictions/{int(prediction_id)}/")
 
     async def delete_model_version(self, project_id: int, version: str) -> int:
         """Delete every prediction of the project under ``version``; returns how many."""

@@ -180,6 +180,16 @@ class Transport:
             raise LabelStudioHTTPError(response.status_code, self.detail(response, secrets), where)
         return self.decode(response, where) if response.content else None
 
+    async def delete(self, path: str) -> bool:
+        """DELETE ``path``; False when it was already gone (404: what a delete wants too)."""
+        try:
+            await self.api("DELETE", path)
+        except LabelStudioHTTPError as exc:
+            if exc.status_code == 404:
+                return False
+            raise
+        return True
+
     async def api_dict(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         data = await self.api(method, path, **kwargs)
         if not isinstance(data, dict):

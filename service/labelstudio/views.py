@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from service.labelstudio.errors import LabelStudioError, LabelStudioHTTPError
+from service.labelstudio.errors import LabelStudioError
 from service.labelstudio.transport import Transport
 
 REVIEW_TAB = "labelloop: review"
@@ -69,11 +69,7 @@ class ViewsAPI:
             "PATCH", f"/api/dm/views/{same[0]['id']}/", json={"project": project_id, "data": data}
         )
         for duplicate in same[1:]:
-            try:
-                await self._http.api("DELETE", f"/api/dm/views/{duplicate['id']}/")
-            except LabelStudioHTTPError as exc:
-                if exc.status_code != 404:  # already gone is fine
-                    raise
+            await self._http.delete(f"/api/dm/views/{duplicate['id']}/")
         return view, False
 
 

@@ -47,37 +47,52 @@ def _bucket(task_id: int) -> int:
     return int(hashlib.sha256(str(task_id).encode()).hexdigest()[:8], 16) % 1000
 
 
-class Head(nn.Module):
-    """Standardisation (train mean/std, stored as buffers), a linear layer, and a temperature
-    that calibrates the softmax (fitted on held-out predictions; 1 when there are none)."""
+class StandardisedLinear(nn.Module):
+    """Standardisation (train mean/std, stored as buffers) and one linear layer, a column per
+    label: what the softmax head here and the one-vs-rest head (``multilabel.py``) share."""
 
     mean: torch.Tensor
     std: torch.Tensor
-    temperature: torch.Tensor
 
     def __init__(self, labels: Sequence[str], dim: int) -> None:
         super().__init__()
-        if len(set(labels)) != len(labels) or len(labels) < 2:
-            raise ValueError(f"labels must be at least two distinct names, got {list(labels)}")
         self.labels = list(labels)
         self.dim = dim
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
-        self.register_buffer("temperature", torch.ones(()))
-        self.linear = nn.Linear(dim, len(labels))
+        self.linear = nn.Linear(dim, len(self.labels))
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Uncalibrated logits (N, C) of embeddings (N, dim)."""
+        """Uncalibrated logits (N, labels) of embeddings (N, dim)."""
         result: torch.Tensor = self.linear((embeddings - self.mean) / self.std)
         return result
 
-    def predict_proba(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """(N, C) softmax probabilities, columns in `labels` order."""
+    def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``forward`` of (N, dim) embeddings of any float type, checked, in inference mode."""
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(f"expected embeddings (N, {self.dim}), got {tuple(embeddings.shape)}")
         with torch.inference_mode():
-            logits = self.forward(embeddings.to(torch.float32)) / self.temperature
-        return torch.softmax(logits, dim=1)  # outside inference mode: an ordinary tensor
+            return self.forward(embeddings.to(torch.float32))
+
+
+class Head(StandardisedLinear):
+    """A softmax over the labels, with a temperature that calibrates it (fitted on held-out
+    predictions; 1 when there are none)."""
+
+    temperature: torch.Tensor
+
+    def __init__(self, labels: Sequence[str], dim: int) -> None:
+        if len(set(labels)) != len(labels) or len(labels) < 2:
+            raise ValueError(f"labels must be at least two distinct names, got {list(labels)}")
+        super().__init__(labels, dim)
+        self.register_buffer("temperature", torch.ones(()))
+
+    def predict_proba(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(N, C) softmax probabilities, columns in `labels` order."""
+        logits = self.logits(embeddings)
+        with torch.inference_mode():
+            calibrated = logits / self.temperature
+        return torch.softmax(calibrated, dim=1)  # outside inference mode: an ordinary tensor
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()

@@ -21,41 +21,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn import functional
 
-from service.vision.head import FOLDS, L2_C, MIN_EVALUATED, fold_of
+from service.vision.head import FOLDS, L2_C, MIN_EVALUATED, StandardisedLinear, fold_of
 
 
-class OvrHead(nn.Module):
-    """Standardisation, a linear layer with one logit per label, and per-label thresholds."""
+class OvrHead(StandardisedLinear):
+    """One logit per label (a sigmoid each), and per-label thresholds."""
 
-    mean: torch.Tensor
-    std: torch.Tensor
     thresholds: torch.Tensor
 
     def __init__(self, labels: Sequence[str], dim: int) -> None:
-        super().__init__()
         if len(set(labels)) != len(labels) or not labels:
             raise ValueError(f"labels must be distinct names, got {list(labels)}")
-        self.labels = list(labels)
-        self.dim = dim
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("std", torch.ones(dim))
-        self.register_buffer("thresholds", torch.full((len(labels),), 0.5))
-        self.linear = nn.Linear(dim, len(labels))
-
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        result: torch.Tensor = self.linear((embeddings - self.mean) / self.std)
-        return result
+        super().__init__(labels, dim)
+        self.register_buffer("thresholds", torch.full((len(self.labels),), 0.5))
 
     def predict_proba(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(N, L) independent probabilities, columns in `labels` order."""
-        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
-            raise ValueError(f"expected embeddings (N, {self.dim}), got {tuple(embeddings.shape)}")
-        with torch.inference_mode():
-            logits = self.forward(embeddings.to(torch.float32))
-        return torch.sigmoid(logits)
+        return torch.sigmoid(self.logits(embeddings))
 
     def predict(self, embeddings: torch.Tensor) -> list[tuple[list[str], float]]:
         """Per row: the labels at or above their threshold (in `labels` order), and the
