@@ -42,8 +42,10 @@ async def review(
     if fitted.x is None or not isinstance(fitted.head, Head) or len(set(fitted.labels)) < 2:
         return None
     started = time.perf_counter()
+    # Folds by near-duplicate group, as the retrain split (copies cannot vouch for each other).
+    split = [fitted.split.get(t, t) for t in fitted.task_ids]
     found: list[Suspect] = await in_daemon_thread(
-        suspects, fitted.x, fitted.labels, fitted.task_ids
+        suspects, fitted.x, fitted.labels, fitted.task_ids, split_ids=split
     )
     seconds = time.perf_counter() - started
 

@@ -1,8 +1,9 @@
 """Label errors: the annotations the model confidently disagrees with (confident learning).
 
 Out-of-fold probabilities: every labeled task is scored by a head fitted on the other four of
-its project's five stable folds (``head.fold_of``), so no probability comes from a head that saw
-the label it judges. Confident learning (Northcutt, Jiang and Chuang, 2021) then reads them:
+its project's five stable folds (``head.fold_of``, by near-duplicate group as the retrain splits),
+so no probability comes from a head that saw the label it judges, or a copy of its picture.
+Confident learning (Northcutt, Jiang and Chuang, 2021) then reads them:
 
 - the threshold of class j is t_j, the mean probability of j over the tasks labeled j (the
   class's average self-confidence), so a class the model is unsure of needs less to be claimed;
@@ -41,12 +42,15 @@ def out_of_fold(
     task_ids: Sequence[int],
     classes: Sequence[str],
     *,
+    split_ids: Sequence[int] | None = None,
     max_iter: int = 500,
     seed: int = 0,
 ) -> torch.Tensor:
     """(N, C) probabilities, columns in ``classes`` order, each row from a head that was not
     trained on that row's fold. A row whose fold could not be predicted (the other folds hold
-    fewer than two classes) is NaN."""
+    fewer than two classes) is NaN. ``split_ids``: the id each row's fold is taken from (its
+    near-duplicate group's smallest task id, as the retrain split it), so copies of a picture
+    are scored together and cannot vouch for each other's label; default the task id."""
     x = embeddings.detach().to(device="cpu", dtype=torch.float32)
     if x.ndim != 2 or not len(x) == len(labels) == len(task_ids):
         raise ValueError(
@@ -55,7 +59,10 @@ def out_of_fold(
         )
     index = {label: c for c, label in enumerate(classes)}
     y = torch.tensor([index[label] for label in labels], dtype=torch.long)
-    folds = torch.tensor([fold_of(t) for t in task_ids], dtype=torch.long)
+    split = list(task_ids) if split_ids is None else list(split_ids)
+    if len(split) != len(task_ids):
+        raise ValueError(f"{len(split)} split ids for {len(task_ids)} task ids")
+    folds = torch.tensor([fold_of(t) for t in split], dtype=torch.long)
     probs = torch.full((len(x), len(classes)), float("nan"))
     for fold in range(FOLDS):
         held = folds == fold
@@ -112,6 +119,7 @@ def suspects(
     labels: Sequence[str],
     task_ids: Sequence[int],
     *,
+    split_ids: Sequence[int] | None = None,
     max_iter: int = 500,
     seed: int = 0,
 ) -> list[Suspect]:
@@ -120,5 +128,7 @@ def suspects(
     classes = sorted(set(labels))
     if len(classes) < 2:
         return []
-    probs = out_of_fold(embeddings, labels, task_ids, classes, max_iter=max_iter, seed=seed)
+    probs = out_of_fold(
+        embeddings, labels, task_ids, classes, split_ids=split_ids, max_iter=max_iter, seed=seed
+    )
     return find_suspects(probs, labels, classes)

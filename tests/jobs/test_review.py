@@ -7,6 +7,7 @@ import pytest
 
 from service.context import Services
 from service.ingest.fold_loop import fold_all
+from service.jobs import review
 from service.jobs.worker import Worker
 from service.labelstudio.views import REVIEW_TAB
 from storage import events, jobs
@@ -103,3 +104,25 @@ async def test_a_label_studio_that_refuses_the_tab_does_not_fail_the_job(
     assert {s["task"] for s in listing(services)} >= set(FLIPPED)
     assert "tab was not written" in caplog.text
     assert fake.views == {}
+
+
+async def test_the_review_folds_follow_the_retrains_near_duplicate_groups(
+    services: Services, fake: FakeLabelStudio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies of one picture share a fold, as in the retrain's held-out split, so they cannot
+    vouch for each other's label (service/vision/suspects.py)."""
+    fake.files[fake.tasks[3]["data"]["image"]] = fake.files[fake.tasks[1]["data"]["image"]]
+    label_all(services)
+    seen: dict[str, Any] = {}
+    real = review.suspects
+
+    def spy(x: Any, labels: Any, task_ids: Any, **options: Any) -> Any:
+        seen.update(task_ids=list(task_ids), **options)
+        return real(x, labels, task_ids, **options)
+
+    monkeypatch.setattr(review, "suspects", spy)
+    assert await Worker(services).run_until_idle() == 1
+
+    split = dict(zip(seen["task_ids"], seen["split_ids"], strict=True))
+    assert split[3] == split[1] == 1  # the same picture: task 1's group
+    assert split[2] == 2

@@ -91,3 +91,25 @@ def test_a_single_class_has_no_suspects_and_shapes_are_checked() -> None:
         find_suspects(torch.ones(3, 2) / 2, ["a", "b"], ["a", "b"])
     with pytest.raises(ValueError, match="embeddings"):
         out_of_fold(torch.randn(3, 4), ["a", "b"], [1, 2, 3], ["a", "b"])
+
+
+def test_copies_of_a_mislabeled_image_do_not_hide_each_other() -> None:
+    """Six copies of one class-a image, all labeled b (one annotator's habit): split by task id,
+    each copy is scored by heads trained on the others, which learned "b"; split by their
+    near-duplicate group they are held out together and the model's "a" shows."""
+    classes = ["a", "b", "c"]
+    x = clusters(30, classes)
+    labels = [c for c in classes for _ in range(30)]
+    ids = list(range(1, 91))
+    copies = list(range(1001, 1007))
+    assert len({fold_of(t) for t in copies}) > 1  # by task id they spread over folds
+    x = torch.cat([x, x[0].repeat(len(copies), 1)])
+    labels += ["b"] * len(copies)
+    ids += copies
+    groups = [t if t < 1000 else copies[0] for t in ids]
+
+    by_id = {ids[s.index] for s in suspects(x, labels, ids)}
+    by_group = {ids[s.index] for s in suspects(x, labels, ids, split_ids=groups)}
+
+    assert not by_id & set(copies)
+    assert set(copies) <= by_group
