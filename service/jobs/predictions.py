@@ -243,7 +243,7 @@ class _Writer:
             await self.client.import_predictions(self.project_id, body)
             took = time.monotonic() - began
             report.import_seconds += took
-            if took > SLOW_IMPORT_S and len(body) < SLOW_IMPORT_S * 100:
+            if slow_import(took, len(body)):
                 logger.info(
                     "project %d: Label Studio took %.1f s to import %d predictions; on a large "
                     "project start it with %s=true (it then recounts only the tasks imported, "
@@ -288,6 +288,12 @@ class _Writer:
                 await self.client.delete_prediction(prediction_id)
 
         await asyncio.gather(*(one(i) for i in ids))
+
+
+def slow_import(seconds: float, count: int) -> bool:
+    """Whether an import of ``count`` predictions taking ``seconds`` looks like Label Studio's
+    whole-project recount: over SLOW_IMPORT_S, at fewer than 100 predictions a second."""
+    return seconds > SLOW_IMPORT_S and count < seconds * 100
 
 
 def _begin(

@@ -345,3 +345,15 @@ async def test_a_large_delta_costs_one_delete_one_import_and_one_names_check(
     # One look at Label Studio's names before writing, one count check after.
     assert sum(c.startswith("GET /api/projects/1/model-versions/") for c in fake.calls) == 2
     assert all(label == "blue" for label, _ in shown(fake).values())
+
+
+@pytest.mark.parametrize(
+    ("seconds", "count", "slow"),
+    [(8.3, 500, True), (7.7, 20, True), (0.7, 500, False), (4.5, 600, False), (3.9, 20, False)],
+)
+def test_an_import_is_slow_past_4_s_at_under_100_predictions_a_second(
+    seconds: float, count: int, slow: bool
+) -> None:
+    """What names Label Studio's import flag in the log: the 10k-task figures are slow, 1k's
+    not, nor a big import that runs at speed."""
+    assert predictions.slow_import(seconds, count) is slow
