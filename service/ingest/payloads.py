@@ -72,10 +72,6 @@ class AnnotationSeen:
     result: Any  # Label Studio's result list, as sent
     annotator: int | None = None  # Label Studio's ``completed_by`` user id, when sent
 
-    def label(self, from_name: str | None, choices: Collection[str] | None) -> str | None:
-        """What ``read_label`` reads in this annotation; None for a skip."""
-        return None if self.was_cancelled else read_label(self.result, from_name, choices)
-
     def label_in(self, project: Mapping[str, Any]) -> str | None:
         """What ``project_label`` reads in this annotation under the project's row."""
         return None if self.was_cancelled else project_label(self.result, project)

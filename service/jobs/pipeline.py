@@ -192,13 +192,12 @@ class Pipeline:
             return None
         progress["stage"] = "training"
         x = torch.stack([report.vectors[tid] for tid in ids])
+        attempted = {t.id for t in snapshot.tasks}
         if snapshot.project.targets:  # several Choices, or multiple choice: a head each
-            attempted = {t.id for t in snapshot.tasks}
             return await fit_targets(spec, snapshot.project.targets, ids, x, y, report, attempted)
         # Near-duplicates share a side of the held-out split (service/vision/duplicates.py).
         split = await in_daemon_thread(split_ids, x, ids, settings.near_duplicate)
         result: TrainResult = await in_daemon_thread(train_head, x, y, ids, split_ids=split)
-        attempted = {t.id for t in snapshot.tasks}
         fitted = Fitted(spec, result.head, result.metrics, ids, x, y, report.vectors, attempted)
         fitted.predictions = result.held_out  # what the gate compares with the active version
         fitted.split = dict(zip(ids, split, strict=True))

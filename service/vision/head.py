@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -73,6 +74,9 @@ class StandardisedLinear(nn.Module):
             raise ValueError(f"expected embeddings (N, {self.dim}), got {tuple(embeddings.shape)}")
         with torch.inference_mode():
             return self.forward(embeddings.to(torch.float32))
+
+
+H = TypeVar("H", bound=StandardisedLinear)
 
 
 class Head(StandardisedLinear):
@@ -262,19 +266,31 @@ def _fit(x: torch.Tensor, y: torch.Tensor, classes: list[str], max_iter: int, se
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = Head(classes, x.shape[1])
-    head.mean.copy_(x.mean(dim=0))
-    head.std.copy_(x.std(dim=0, correction=0).clamp_min(1e-6))
     counts = torch.bincount(y, minlength=len(classes)).to(torch.float32)
     weight = torch.where(counts > 0, len(y) / (len(classes) * counts.clamp_min(1)), 0.0)
-    penalty = 1.0 / (2.0 * L2_C * len(y))
+
+    def data_loss(logits: torch.Tensor) -> torch.Tensor:
+        return functional.cross_entropy(logits, y, weight=weight)
+
+    return fit_l2(head, x, data_loss, max_iter)
+
+
+def fit_l2(
+    head: H, x: torch.Tensor, data_loss: Callable[[torch.Tensor], torch.Tensor], max_iter: int
+) -> H:
+    """Standardise ``head`` on ``x``, then fit its layer by full-batch L-BFGS on
+    ``data_loss(logits) + ||W||^2 / (2 C n)``: the objective both heads share (softmax here,
+    one sigmoid per label in ``multilabel.py``), each with its own data loss."""
+    head.mean.copy_(x.mean(dim=0))
+    head.std.copy_(x.std(dim=0, correction=0).clamp_min(1e-6))
+    penalty = 1.0 / (2.0 * L2_C * len(x))
     optimizer = torch.optim.LBFGS(
         head.linear.parameters(), max_iter=max_iter, line_search_fn="strong_wolfe"
     )
 
     def objective() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = functional.cross_entropy(head.forward(x), y, weight=weight)
-        loss = loss + penalty * head.linear.weight.pow(2).sum()
+        loss = data_loss(head.forward(x)) + penalty * head.linear.weight.pow(2).sum()
         torch.autograd.backward(loss)
         return loss
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.nn import functional
 
-from service.vision.head import FOLDS, L2_C, MIN_EVALUATED, StandardisedLinear, fold_of
+from service.vision.head import FOLDS, MIN_EVALUATED, StandardisedLinear, fit_l2, fold_of
 
 
 class OvrHead(StandardisedLinear):
@@ -198,24 +198,10 @@ def _fit(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = OvrHead(labels, x.shape[1])
-    head.mean.copy_(x.mean(dim=0))
-    head.std.copy_(x.std(dim=0, correction=0).clamp_min(1e-6))
     positives = y.sum(dim=0)
     pos_weight = ((len(y) - positives) / positives.clamp_min(1)).clamp(0.05, 20.0)
-    penalty = 1.0 / (2.0 * L2_C * len(y))
-    optimizer = torch.optim.LBFGS(
-        head.linear.parameters(), max_iter=max_iter, line_search_fn="strong_wolfe"
-    )
 
-    def objective() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = functional.binary_cross_entropy_with_logits(
-            head.forward(x), y, pos_weight=pos_weight
-        )
-        loss = loss + penalty * head.linear.weight.pow(2).sum()
-        torch.autograd.backward(loss)
-        return loss
+    def data_loss(logits: torch.Tensor) -> torch.Tensor:
+        return functional.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
 
-    with torch.enable_grad():
-        optimizer.step(objective)  # type: ignore[no-untyped-call]
-    return head.eval()
+    return fit_l2(head, x, data_loss, max_iter)
